@@ -1,0 +1,124 @@
+"""Checkpoints: save, auto-resume past damaged checkpoints, encoder export and load.
+
+Train state goes to workdir/checkpoints through orbax's CheckpointManager. Saves are synchronous
+and orbax writes each one to a temporary directory that is renamed when complete, so a kill at
+any moment leaves either the old set or the new one, never a half-listed step.
+
+The export (workdir/export) is the encoder alone: `encoder.json` (architecture and input size)
+beside an orbax checkpoint of its variables, loadable with `load_encoder(path)` without the
+training config or any of ssl_jax's training code.
+"""
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+ENCODER_SPEC = "encoder.json"
+ENCODER_VARIABLES = "variables"
+
+
+def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=True,
+        enable_async_checkpointing=False,
+        # Orbax ignores its own temporary directories; a killed save leaves one behind. Cleaning
+        # them on start keeps the folder tidy without touching a finished checkpoint.
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
+    mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+    mngr.wait_until_finished()
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
+    """The newest checkpoint that restores, or None when there is none.
+
+    A checkpoint that fails to restore (cut short, corrupted, written by an incompatible config)
+    is moved aside to workdir/checkpoints_unreadable/ with a warning naming it, and the one
+    before is tried. It is moved rather than deleted so nothing is lost, and so that a later save
+    of the same step does not collide with it.
+    """
+    for step in sorted(mngr.all_steps(), reverse=True):
+        path = os.path.join(str(mngr.directory), str(step))
+        try:
+            return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # orbax raises many types for damaged files; all mean "unusable"
+            aside = os.path.join(
+                os.path.dirname(str(mngr.directory)),
+                "checkpoints_unreadable",
+                f"{step}-{time.strftime('%Y%m%d-%H%M%S')}",
+            )
+            logging.warning(
+                "Checkpoint %s cannot be restored (%s: %s); moved it to %s and trying the one "
+                "before.",
+                path,
+                type(e).__name__,
+                str(e).splitlines()[0][:200] if str(e) else "",
+                aside,
+            )
+            print(f"WARNING: checkpoint {path} cannot be restored; moved to {aside}", flush=True)
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            shutil.move(path, aside)
+            mngr.reload()
+    return None
+
+
+def export_encoder(directory: str, *, spec: dict, variables: dict) -> None:
+    """Write the encoder alone: spec (architecture) as JSON and its variables with orbax."""
+    tmp = directory + ".tmp"
+    if jax.process_index() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, ENCODER_SPEC), "w") as f:
+            json.dump(spec, f, indent=2)
+    variables = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), variables)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(tmp, ENCODER_VARIABLES), variables)
+    if jax.process_index() == 0:
+        # Replace the previous export only once the new one is complete.
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+
+
+def load_encoder(path: str) -> tuple[Callable, dict]:
+    """Load an exported encoder.
+
+    Args:
+      path: a run's workdir/export folder (or the workdir itself).
+
+    Returns:
+      (apply_fn, variables) with `apply_fn(variables, images) -> [N, D] float32 features`, where
+      images are NHWC uint8 (or float in 0..255) at the training resolution. Normalisation is
+      inside the model, so raw pixels go in.
+    """
+    from ssl_jax.models import ResNet  # the architecture is all we need from the package
+
+    if not os.path.exists(os.path.join(path, ENCODER_SPEC)) and os.path.isdir(
+        os.path.join(path, "export")
+    ):
+        path = os.path.join(path, "export")
+    spec_file = os.path.join(path, ENCODER_SPEC)
+    if not os.path.exists(spec_file):
+        raise FileNotFoundError(f"{spec_file} not found: pass a run's workdir/export folder")
+    with open(spec_file) as f:
+        spec = json.load(f)
+    with ocp.StandardCheckpointer() as ckptr:
+        variables = ckptr.restore(os.path.abspath(os.path.join(path, ENCODER_VARIABLES)))
+    module = ResNet(**spec["architecture"])
+
+    @jax.jit
+    def apply_fn(variables, images):
+        return module.apply(variables, images, train=False)
+
+    return apply_fn, variables

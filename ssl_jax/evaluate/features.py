@@ -1,0 +1,75 @@
+"""Frozen-feature evaluation of an encoder: extract features, then kNN and linear top-1.
+
+Used by the trainer every `eval_every_steps`, at the end of a run, and for the random-init
+baseline. Features of the train split (no augmentation) form the kNN bank and the linear
+probe's training set; the test split is scored.
+"""
+
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ssl_jax import data, parallel
+from ssl_jax.evaluate.knn import knn_top1
+from ssl_jax.evaluate.linear import linear_probe_top1
+
+
+def extract_features(encode, variables, source, *, image_size: int, batch_size: int, mesh):
+    """Features [N, D] (float32) and labels [N] of a whole split, on every host."""
+    feats, labels = [], []
+    batches = data.eval_batches(
+        source,
+        image_size=image_size,
+        batch_size=batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    for batch in batches:
+        images = parallel.to_global(batch["image"], mesh)
+        f = multihost_utils.process_allgather(encode(variables, images), tiled=True)  # [b, D]
+        mask = multihost_utils.process_allgather(parallel.to_global(batch["mask"], mesh), tiled=True)
+        lab = multihost_utils.process_allgather(parallel.to_global(batch["label"], mesh), tiled=True)
+        feats.append(np.asarray(f)[mask])
+        labels.append(np.asarray(lab)[mask])
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def evaluate_encoder(encode, variables, *, train_source, test_source, config, mesh) -> dict:
+    """kNN and linear top-1 on the test split, or {} with a reason when the data cannot say."""
+    if test_source is None:
+        return {"skipped": "the dataset has no test split"}
+    if train_source.num_classes == 0 or test_source.num_classes == 0:
+        return {"skipped": "the dataset has no labels (a flat image folder)"}
+    start = time.time()
+    kwargs = dict(image_size=config.image_size, batch_size=_eval_batch(config, mesh), mesh=mesh)
+    train_feats, train_labels = extract_features(encode, variables, train_source, **kwargs)
+    test_feats, test_labels = extract_features(encode, variables, test_source, **kwargs)
+    num_classes = train_source.num_classes
+    results = {
+        "knn_top1": float(
+            knn_top1(
+                train_feats,
+                train_labels,
+                test_feats,
+                test_labels,
+                k=config.knn.k,
+                temperature=config.knn.temperature,
+                num_classes=num_classes,
+            )
+        ),
+        "linear_top1": float(
+            linear_probe_top1(
+                train_feats, train_labels, test_feats, test_labels, num_classes, seed=config.seed
+            )
+        ),
+        "eval_seconds": round(time.time() - start, 1),
+    }
+    return results
+
+
+def _eval_batch(config, mesh) -> int:
+    """A batch that every device count divides, near the training batch."""
+    devices = mesh.devices.size
+    return max(devices, config.batch_size // devices * devices)

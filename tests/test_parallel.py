@@ -1,0 +1,128 @@
+"""The sharded train step on 8 devices equals the same step on 1 device for one global batch."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ssl_jax import methods, optim, parallel, train
+from ssl_jax.errors import UserError
+from configs import simclr
+
+GLOBAL_BATCH = 16
+NUM_CLASSES = 10
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(num_devices):
+    mesh = parallel.make_mesh(jax.devices()[:num_devices])
+    config = simclr.get_config("runlocal")
+    config.batch_size = GLOBAL_BATCH
+    method = methods.get_method(config)
+    net = method.network()
+    views = [jnp.zeros((2, 16, 16, 3), jnp.uint8)] * 2
+    params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), views)["params"])
+    tx, schedule, _ = optim.from_config(config, params=params, total_steps=10, steps_per_epoch=5)
+    probe_tx = optax.adamw(1e-3)
+    init = functools.partial(
+        train.create_state, config, net, method, tx, probe_tx, NUM_CLASSES, sample_views=views
+    )
+    state_sharding = jax.tree.map(
+        lambda _: parallel.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
+    )
+    state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
+    kwargs = dict(
+        net=net, method=method, tx=tx, probe_tx=probe_tx, num_classes=NUM_CLASSES,
+        schedule=schedule,
+    )  # fmt: skip
+    step = jax.jit(
+        functools.partial(train.train_step, **kwargs),
+        in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+    )
+
+    def grads(state, batch):
+        def loss_fn(params):
+            outputs, _ = net.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["views"],
+                train=True,
+                mutable=["batch_stats"],
+            )
+            return method.loss(outputs, state.extra, jax.random.PRNGKey(0))[0]
+
+        return jax.grad(loss_fn)(state.params)
+
+    grad_fn = jax.jit(grads, in_shardings=(state_sharding, parallel.batch_sharded(mesh)))
+    return mesh, state, step, grad_fn
+
+
+def _batch(mesh):
+    rng = np.random.default_rng(0)
+    host = {
+        "views": [rng.integers(0, 256, (GLOBAL_BATCH, 16, 16, 3), dtype=np.uint8) for _ in "ab"],
+        "label": rng.integers(0, NUM_CLASSES, (GLOBAL_BATCH,), dtype=np.int32),
+    }
+    return parallel.to_global(host, mesh)
+
+
+def _run(num_devices):
+    mesh, state, step, grad_fn = _setup(num_devices)
+    batch = _batch(mesh)
+    grads = grad_fn(state, batch)
+    new_state, metrics = step(state, batch)
+    new_state, metrics = step(new_state, batch)  # a second step sees updated BN stats and momentum
+    return jax.device_get((grads, new_state, metrics)), batch["views"][0].sharding
+
+
+@pytest.fixture(scope="module")
+def one_and_eight():
+    return _run(1), _run(8)
+
+
+def test_batch_really_is_split_over_eight_devices(one_and_eight):
+    (_, sharding1), (_, sharding8) = one_and_eight
+    assert len(sharding1.device_set) == 1 and len(sharding8.device_set) == 8
+
+
+def test_loss_metrics_and_gradients_match(one_and_eight):
+    ((g1, _, m1), _), ((g8, _, m8), _) = one_and_eight
+    for key in ("loss", "probe_loss", "embedding_std", "effective_rank", "lr"):
+        np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g8, g1)
+
+
+def test_new_params_and_batch_norm_statistics_match(one_and_eight):
+    ((_, s1, _), _), ((_, s8, _), _) = one_and_eight
+    assert int(s8.step) == int(s1.step) == 2
+    for name in ("params", "batch_stats", "opt_state", "probe_params"):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+            getattr(s8, name),
+            getattr(s1, name),
+        )
+    # BN statistics moved away from their init (mean 0): they were really computed.
+    assert np.abs(s8.batch_stats["backbone"]["bn_init"]["mean"]).max() > 1e-3
+
+
+def test_online_probe_never_changes_encoder_gradients():
+    """The encoder's update does not depend on what the probe is taught: same batch, other
+    labels -> identical network parameters and BN statistics, different probe."""
+    mesh, state, step, _ = _setup(8)
+    batch = _batch(mesh)
+    shuffled = dict(batch, label=jnp.roll(batch["label"], 1))
+    s_a, _ = step(state, batch)
+    s_b, _ = step(state, shuffled)
+    jax.tree.map(np.testing.assert_array_equal, s_a.params, s_b.params)
+    jax.tree.map(np.testing.assert_array_equal, s_a.batch_stats, s_b.batch_stats)
+    assert not np.allclose(
+        s_a.probe_params["classifier"]["kernel"], s_b.probe_params["classifier"]["kernel"]
+    )
+
+
+def test_batch_not_divisible_by_devices_is_a_user_error():
+    with pytest.raises(UserError, match="not divisible by the 8 devices"):
+        parallel.check_batch_size(100, parallel.make_mesh())
