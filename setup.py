@@ -24,6 +24,7 @@ setuptools.setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "pillow",
+        "tensorboard",  # TensorBoard event files (tf.summary needs it; tensorflow-cpu lacks it)
         "tensorflow-cpu>=2.16",
         "tensorflow-datasets>=4.9",
     ],

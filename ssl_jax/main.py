@@ -7,7 +7,9 @@ Running the same command again with the same workdir resumes the run.
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tf.data only feeds the input pipeline
+# tf.data only feeds the input pipeline: keep its start-up chatter out of the console.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

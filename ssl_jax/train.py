@@ -23,7 +23,7 @@ from ssl_jax import checkpoint, data, methods, optim, parallel
 from ssl_jax.errors import NonFiniteLossError, UserError
 from ssl_jax.evaluate.features import evaluate_encoder
 from ssl_jax.evaluate.health import effective_rank, embedding_std
-from ssl_jax.evaluate.online_probe import LinearProbe, probe_step
+from ssl_jax.evaluate.online_probe import ProbeHead, probe_step
 from ssl_jax.metrics_writer import MetricsWriter, progress_line
 
 
@@ -66,7 +66,7 @@ def create_state(config, net, method, tx, probe_tx, num_classes, rng, sample_vie
     probe_params, probe_opt_state = {}, {}
     if num_classes:
         feature_dim = net.backbone.feature_dim
-        probe_params = LinearProbe(num_classes).init(probe_rng, jnp.zeros((1, feature_dim)))
+        probe_params = ProbeHead(num_classes).init(probe_rng, jnp.zeros((1, feature_dim)))
         probe_params = probe_params["params"]
         probe_opt_state = probe_tx.init(probe_params)
     return TrainState(
@@ -106,7 +106,7 @@ def train_step(state: TrainState, batch, *, net, method, tx, probe_tx, num_class
     if num_classes:
         batch_size = batch["label"].shape[0]
         probe_params, probe_opt_state, probe_metrics = probe_step(
-            LinearProbe(num_classes),
+            ProbeHead(num_classes),
             probe_tx,
             probe_params,
             probe_opt_state,
@@ -315,8 +315,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
         writer.write({"step": int(state.step), **{k: v for k, v in results.items() if k != "step"}})
+        print(results_summary(results, workdir), flush=True)
     writer.close()
     return results
+
+
+def results_summary(results: dict, workdir: str) -> str:
+    """The closing lines: what the encoder reached, beside a random encoder when measured."""
+    if "knn_top1" not in results:
+        return f"Evaluation skipped: {results.get('skipped')}. Encoder exported to {workdir}/export"
+    lines = [f"Results after {results['step']} steps (test split, top-1):"]
+    lines.append(f"  {'':22s}{'kNN (k=200)':>12s}{'linear':>10s}")
+    lines.append(f"  {'pretrained encoder':22s}{results['knn_top1']:12.3f}{results['linear_top1']:10.3f}")
+    if "random_init_knn_top1" in results:
+        lines.append(
+            f"  {'random-init encoder':22s}{results['random_init_knn_top1']:12.3f}"
+            f"{results['random_init_linear_top1']:10.3f}"
+        )
+    lines.append(f"Saved {workdir}/results.json; encoder exported to {workdir}/export")
+    return "\n".join(lines)
 
 
 def _global_batch(host_batch, mesh, num_classes):

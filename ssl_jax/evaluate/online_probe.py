@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 
-class LinearProbe(nn.Module):
+class ProbeHead(nn.Module):
     num_classes: int
 
     @nn.compact
@@ -19,7 +19,7 @@ class LinearProbe(nn.Module):
         return nn.Dense(self.num_classes, name="classifier")(features)
 
 
-def probe_step(probe: LinearProbe, tx, params, opt_state, features, labels):
+def probe_step(probe: ProbeHead, tx, params, opt_state, features, labels):
     """One probe update on [B, D] features (global batch) with int labels [B].
 
     Returns (params, opt_state, metrics); metrics are means over the global batch.
