@@ -45,13 +45,21 @@ def main(argv):
         sys.exit(3)
 
 
+def _parse_flags(argv):
+    """absl's parser, but a bad flag or config override is one line and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        message = str(e).replace("\n", " ")
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def run():
     if not any(a.startswith("--config") for a in sys.argv[1:]):
-        print(
-            "error: --config is required, e.g. --config=configs/simclr.py:demo", file=sys.stderr
-        )
+        print("error: --config is required, e.g. --config=configs/simclr.py:demo", file=sys.stderr)
         sys.exit(2)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

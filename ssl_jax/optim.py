@@ -63,7 +63,12 @@ def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.
 
 
 def make_optimizer(
-    *, name: str, learning_rate: Callable | float, weight_decay: float, params, momentum: float = 0.9
+    *,
+    name: str,
+    learning_rate: Callable | float,
+    weight_decay: float,
+    params,
+    momentum: float = 0.9,
 ) -> optax.GradientTransformation:
     """The optimiser named in the config, with decay and trust-ratio masks applied.
 

@@ -8,7 +8,8 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ssl_jax.errors import UserError
 
@@ -18,8 +19,10 @@ DATA_AXIS = "data"
 def initialize_distributed() -> None:
     """Join the other hosts when launched as one of several processes.
 
-    Cloud TPU VMs and SLURM clusters are detected by jax itself; a CPU multi-process test sets
-    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    Explicit: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (e.g. a CPU
+    multi-process run). Detected by jax: a Cloud TPU VM slice or a SLURM job, when the launch
+    script sets SSL_JAX_DISTRIBUTED=1 or SLURM runs more than one task. A single process needs
+    nothing, so the same command works from a laptop to a pod.
     """
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize(
@@ -27,7 +30,7 @@ def initialize_distributed() -> None:
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
         )
-    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    elif os.environ.get("SSL_JAX_DISTRIBUTED") == "1" or int(os.environ.get("SLURM_NTASKS", 1)) > 1:
         jax.distributed.initialize()
 
 
@@ -50,10 +53,13 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> None:
     if global_batch % devices:
         raise UserError(
             f"batch_size={global_batch} is not divisible by the {devices} devices; "
-            f"use a multiple of {devices} (e.g. --config.batch_size={_next_multiple(global_batch, devices)})"
+            f"use a multiple of {devices}, "
+            f"e.g. --config.batch_size={_next_multiple(global_batch, devices)}"
         )
     if global_batch % jax.process_count():
-        raise UserError(f"batch_size={global_batch} is not divisible by {jax.process_count()} hosts")
+        raise UserError(
+            f"batch_size={global_batch} is not divisible by {jax.process_count()} hosts"
+        )
 
 
 def _next_multiple(n: int, k: int) -> int:

@@ -5,10 +5,12 @@ sharding / checkpoint restore / the train step / the loop / final evaluation & e
 The method plugs in through ssl_jax.methods (see methods/base.py); nothing here knows its name.
 """
 
+import dataclasses
 import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -134,6 +136,56 @@ def train_step(state: TrainState, batch, *, net, method, tx, probe_tx, num_class
     return new_state, metrics
 
 
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """Everything the loop needs to take steps, built the same way for the trainer, the tests
+    and the benchmarks."""
+
+    net: Any  # the method's network (backbone + heads)
+    method: methods.Method
+    init: Callable[[jax.Array], TrainState]  # rng -> initial state
+    state_sharding: Any
+    step_fn: Callable  # jitted (state, global batch) -> (state, metrics); state donated
+    peak_lr: float
+
+
+def build_training(config, mesh, *, num_classes: int, steps_per_epoch: int, num_steps: int):
+    """The method's network, optimiser, state initialiser and the sharded, jitted train step."""
+    method = methods.get_method(config)
+    net = method.network()
+    recipes = [config.augment[name] for name in _check_recipes(method, config)]
+    sample_views = [jnp.zeros((2, r.size, r.size, 3), jnp.uint8) for r in recipes]
+    abstract_params = jax.eval_shape(
+        lambda: net.init(jax.random.PRNGKey(0), sample_views, train=False)["params"]
+    )
+    tx, schedule, peak_lr = optim.from_config(
+        config, params=abstract_params, total_steps=num_steps, steps_per_epoch=steps_per_epoch
+    )
+    probe_tx = optax.adamw(config.probe.lr, weight_decay=config.probe.weight_decay)
+    init = functools.partial(
+        create_state, config, net, method, tx, probe_tx, num_classes, sample_views=sample_views
+    )
+    state_sharding = jax.tree.map(
+        lambda _: parallel.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
+    )
+    step = functools.partial(
+        train_step,
+        net=net,
+        method=method,
+        tx=tx,
+        probe_tx=probe_tx,
+        num_classes=num_classes,
+        schedule=schedule,
+    )
+    step_fn = jax.jit(
+        step,
+        in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+    return Training(net, method, init, state_sharding, step_fn, peak_lr)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Pretrain `config.method` on `config.dataset`; resume from workdir when it has checkpoints."""
     # ---------------------------------------------------------------- mesh & input
@@ -150,28 +202,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_lead:
         _write_config(config, workdir)
 
-    # ---------------------------------------------------------------- model, method & optimiser
-    net = method.network()
+    # ---------------------------------------------------------------- model, optimiser, step
     num_classes = train_source.num_classes
-    sample_views = [jnp.zeros((2, r.size, r.size, 3), jnp.uint8) for r in recipes]
-    abstract_params = jax.eval_shape(
-        lambda: net.init(jax.random.PRNGKey(0), sample_views, train=False)["params"]
+    setup = build_training(
+        config, mesh, num_classes=num_classes, steps_per_epoch=steps_per_epoch, num_steps=num_steps
     )
-    tx, schedule, peak_lr = optim.from_config(
-        config, params=abstract_params, total_steps=num_steps, steps_per_epoch=steps_per_epoch
-    )
-    probe_tx = optax.adamw(config.probe.lr, weight_decay=config.probe.weight_decay)
-
-    # ---------------------------------------------------------------- train state & sharding
-    init = functools.partial(
-        create_state, config, net, method, tx, probe_tx, num_classes, sample_views=sample_views
-    )
+    net, init, state_sharding = setup.net, setup.init, setup.state_sharding
     rng = jax.random.PRNGKey(config.seed)
-    abstract_state = jax.eval_shape(init, rng)
-    state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
     abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        abstract_state,
+        jax.eval_shape(init, rng),
         state_sharding,
     )
 
@@ -188,28 +228,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{config.method} on {train_source.name} ({train_source.num_examples} images, "
         f"{num_classes or 'no'} classes) | {jax.device_count()} {jax.devices()[0].platform} "
         f"device(s), {jax.process_count()} host(s) | global batch {config.batch_size} = "
-        f"{devices} x {per_device} per device | lr {peak_lr:.4g} = base_lr {config.base_lr} "
+        f"{devices} x {per_device} per device | lr {setup.peak_lr:.4g} = base_lr {config.base_lr} "
         f"scaled {config.lr_scaling} | {num_steps} steps = {num_steps / steps_per_epoch:.1f} "
-        f"epochs of {steps_per_epoch}"
-        + (f" | resuming at step {start_step}" if resumed else ""),
+        f"epochs of {steps_per_epoch}" + (f" | resuming at step {start_step}" if resumed else ""),
         flush=True,
     )
 
-    # ---------------------------------------------------------------- the train step
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            net=net,
-            method=method,
-            tx=tx,
-            probe_tx=probe_tx,
-            num_classes=num_classes,
-            schedule=schedule,
-        ),
-        in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
-        out_shardings=(state_sharding, parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
+    step_fn = setup.step_fn
     encoder = net.backbone
     encode = jax.jit(lambda variables, images: encoder.apply(variables, images, train=False))
 
@@ -249,7 +274,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def check_finite(step, metrics):
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
-            kept = f"the last good checkpoint is step {last_saved}" if last_saved else "no checkpoint was saved"
+            kept = (
+                f"the last good checkpoint is step {last_saved}"
+                if last_saved
+                else "no checkpoint was saved"
+            )
             raise NonFiniteLossError(
                 f"loss became {loss} at step {step}; stopping ({kept}). Lower base_lr, "
                 "raise warmup_epochs or use dtype=float32."
@@ -326,7 +355,9 @@ def results_summary(results: dict, workdir: str) -> str:
         return f"Evaluation skipped: {results.get('skipped')}. Encoder exported to {workdir}/export"
     lines = [f"Results after {results['step']} steps (test split, top-1):"]
     lines.append(f"  {'':22s}{'kNN (k=200)':>12s}{'linear':>10s}")
-    lines.append(f"  {'pretrained encoder':22s}{results['knn_top1']:12.3f}{results['linear_top1']:10.3f}")
+    lines.append(
+        f"  {'pretrained encoder':22s}{results['knn_top1']:12.3f}{results['linear_top1']:10.3f}"
+    )
     if "random_init_knn_top1" in results:
         lines.append(
             f"  {'random-init encoder':22s}{results['random_init_knn_top1']:12.3f}"

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ssl_jax import losses, parallel
 
@@ -68,8 +69,9 @@ def test_nt_xent_symmetric_scale_invariant_and_float32_for_bfloat16():
 def test_nt_xent_sharded_equals_single_device_and_rows_stay_sharded():
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(2)
-    z_a, z_b = rng.normal(size=(32, 8)).astype(np.float32), rng.normal(size=(32, 8)).astype(
-        np.float32
+    z_a, z_b = (
+        rng.normal(size=(32, 8)).astype(np.float32),
+        rng.normal(size=(32, 8)).astype(np.float32),
     )
     sharding = NamedSharding(mesh, P("data"))
     grad_fn = jax.jit(jax.value_and_grad(losses.nt_xent, argnums=(0, 1)), static_argnums=2)

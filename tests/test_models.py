@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import simclr
 from ssl_jax import models
 from ssl_jax.errors import UserError
-from configs import simclr
 
 
 def count(tree) -> int:

@@ -6,10 +6,10 @@ import numpy as np
 import optax
 import pytest
 
+from configs import simclr
 from ssl_jax import optim
 from ssl_jax.errors import UserError
 from ssl_jax.methods import get_method
-from configs import simclr
 
 
 @pytest.fixture(scope="module")
@@ -85,4 +85,3 @@ def test_lars_trust_ratio_is_masked():
 def test_unknown_optimizer_is_a_user_error():
     with pytest.raises(UserError, match="optimizer"):
         optim.make_optimizer(name="adagrad", learning_rate=0.1, weight_decay=0.0, params={})
-

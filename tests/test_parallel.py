@@ -5,44 +5,26 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from ssl_jax import methods, optim, parallel, train
-from ssl_jax.errors import UserError
 from configs import simclr
+from ssl_jax import parallel, train
+from ssl_jax.errors import UserError
 
 GLOBAL_BATCH = 16
 NUM_CLASSES = 10
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(num_devices):
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
     config = simclr.get_config("runlocal")
     config.batch_size = GLOBAL_BATCH
-    method = methods.get_method(config)
-    net = method.network()
-    views = [jnp.zeros((2, 16, 16, 3), jnp.uint8)] * 2
-    params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), views)["params"])
-    tx, schedule, _ = optim.from_config(config, params=params, total_steps=10, steps_per_epoch=5)
-    probe_tx = optax.adamw(1e-3)
-    init = functools.partial(
-        train.create_state, config, net, method, tx, probe_tx, NUM_CLASSES, sample_views=views
+    training = train.build_training(
+        config, mesh, num_classes=NUM_CLASSES, steps_per_epoch=5, num_steps=10
     )
-    state_sharding = jax.tree.map(
-        lambda _: parallel.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
-    )
-    state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
-    kwargs = dict(
-        net=net, method=method, tx=tx, probe_tx=probe_tx, num_classes=NUM_CLASSES,
-        schedule=schedule,
-    )  # fmt: skip
-    step = jax.jit(
-        functools.partial(train.train_step, **kwargs),
-        in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
-        out_shardings=(state_sharding, parallel.replicated(mesh)),
-    )
+    state = jax.jit(training.init, out_shardings=training.state_sharding)(jax.random.PRNGKey(0))
+    net, method = training.net, training.method
 
     def grads(state, batch):
         def loss_fn(params):
@@ -56,7 +38,9 @@ def _setup(num_devices):
 
         return jax.grad(loss_fn)(state.params)
 
-    grad_fn = jax.jit(grads, in_shardings=(state_sharding, parallel.batch_sharded(mesh)))
+    grad_fn = jax.jit(grads, in_shardings=(training.state_sharding, parallel.batch_sharded(mesh)))
+    # The trainer's step donates the state; these tests reuse it, so copy before each call.
+    step = lambda s, b: training.step_fn(jax.tree.map(jnp.copy, s), b)  # noqa: E731
     return mesh, state, step, grad_fn
 
 

@@ -243,6 +243,8 @@ def augment_view(
     return out
 
 
+# Straight-line TF ops: nothing for AutoGraph to convert, and its converter trips on this function.
+@tf.autograph.experimental.do_not_convert
 def eval_view(image: tf.Tensor, image_size: int) -> tf.Tensor:
     """The deterministic evaluation view: centred square crop, then resize to image_size.
 

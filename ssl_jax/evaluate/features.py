@@ -29,8 +29,12 @@ def extract_features(encode, variables, source, *, image_size: int, batch_size: 
     for batch in batches:
         images = parallel.to_global(batch["image"], mesh)
         f = multihost_utils.process_allgather(encode(variables, images), tiled=True)  # [b, D]
-        mask = multihost_utils.process_allgather(parallel.to_global(batch["mask"], mesh), tiled=True)
-        lab = multihost_utils.process_allgather(parallel.to_global(batch["label"], mesh), tiled=True)
+        mask = multihost_utils.process_allgather(
+            parallel.to_global(batch["mask"], mesh), tiled=True
+        )
+        lab = multihost_utils.process_allgather(
+            parallel.to_global(batch["label"], mesh), tiled=True
+        )
         feats.append(np.asarray(f)[mask])
         labels.append(np.asarray(lab)[mask])
     return np.concatenate(feats), np.concatenate(labels)

@@ -1,0 +1,81 @@
+"""Bad input: one line on stderr, a non-zero exit, no traceback, and nothing saved is lost."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "simclr.py")
+
+
+def run_cli(*args, config=f"{CONFIG}:runlocal"):
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    cmd = [sys.executable, "-m", "ssl_jax.main", f"--config={config}", *args]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_unknown_config_key(tmp_path):
+    result = run_cli(f"--workdir={tmp_path}", "--config.temprature=0.2")
+    assert_one_line_error(result, "temprature")
+
+
+def test_unknown_dataset(tmp_path):
+    result = run_cli(f"--workdir={tmp_path}", "--config.dataset=cifar11")
+    assert_one_line_error(result, "cifar11", "imagefolder:")
+
+
+def test_tfds_dataset_not_prepared_does_not_download(tmp_path):
+    data_dir = tmp_path / "tfds"
+    data_dir.mkdir()
+    result = run_cli(
+        f"--workdir={tmp_path / 'run'}", "--config.dataset=cifar10", f"--config.data_dir={data_dir}"
+    )
+    assert_one_line_error(result, "cifar10", "tfds build")
+    assert not any(data_dir.rglob("*.tfrecord*"))
+
+
+def test_empty_image_folder(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    result = run_cli(f"--workdir={tmp_path / 'run'}", f"--config.dataset=imagefolder:{folder}")
+    assert_one_line_error(result, str(folder))
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    result = run_cli(f"--workdir={tmp_path}", "--config.batch_size=36")
+    assert_one_line_error(result, "batch_size=36", "8 devices")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; the file case covers it")
+def test_unwritable_workdir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = run_cli(f"--workdir={locked / 'run'}")
+    assert_one_line_error(result, "workdir")
+
+
+def test_workdir_that_is_a_file_keeps_the_file(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("precious")
+    result = run_cli(f"--workdir={blocker / 'run'}")
+    assert_one_line_error(result, "workdir")
+    assert blocker.read_text() == "precious"
+
+
+def test_missing_workdir_flag():
+    result = run_cli()
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "workdir" in result.stderr

@@ -1,0 +1,165 @@
+"""End to end: the command line on 1 and 8 devices, kill -9 and resume, damaged checkpoints,
+non-finite losses, export, and the workdir files. Runs the tiny `runlocal` preset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import simclr
+from ssl_jax import checkpoint, methods, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "simclr.py")
+
+
+def run_cli(workdir, *overrides, devices=8, preset="runlocal", wait=True):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "ssl_jax.main", f"--config={CONFIG}:{preset}",
+           f"--workdir={workdir}", *overrides]  # fmt: skip
+    if not wait:
+        # Output to a file: an unread pipe would fill up and stall the child.
+        log = open(os.path.join(os.path.dirname(workdir), "killed_run.log"), "w")
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def losses_by_step(workdir) -> dict[int, float]:
+    """The last logged loss for each step (a resumed run re-logs the steps it redoes)."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if "loss" in record:
+                out[record["step"]] = record["loss"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 8-device run of 6 steps with checkpoints every 2."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    result = run_cli(workdir, "--config.total_steps=6", "--config.eval_random_init=True")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir, result
+
+
+def test_cli_writes_the_workdir_contract(reference_run):
+    workdir, result = reference_run
+    for name in ("config.json", "metrics.jsonl", "results.json", "export", "checkpoints"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    for key in ("step", "epoch", "loss", "lr", "images_per_sec", "embedding_std", "effective_rank"):
+        assert key in records[0], key
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    for key in ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 4, 6]
+    out = result.stdout
+    assert "8 cpu device(s)" in out and "global batch 32 = 8 x 4 per device" in out
+    assert "step 6/6" in out and "ETA" in out and "img/s" in out
+    assert "random-init encoder" in out
+
+
+def test_one_device_logs_the_same_losses_as_eight(reference_run, tmp_path):
+    workdir8, _ = reference_run
+    result = run_cli(str(tmp_path), "--config.total_steps=6", devices=1)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 cpu device(s)" in result.stdout
+    one, eight = losses_by_step(str(tmp_path)), losses_by_step(workdir8)
+    assert sorted(one) == sorted(eight) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([one[s] for s in one], [eight[s] for s in one], rtol=2e-4)
+
+
+def test_kill_9_then_rerun_reproduces_every_later_loss(reference_run, tmp_path):
+    reference, _ = reference_run
+    workdir = str(tmp_path)
+    proc = run_cli(workdir, "--config.total_steps=6", wait=False)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    # Kill mid-run: after step 3 is logged (step 2 checkpointed), before the run ends.
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+    result = run_cli(workdir, "--config.total_steps=6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming at step" in result.stdout
+    resumed, uninterrupted = losses_by_step(workdir), losses_by_step(reference)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose(
+        [resumed[s] for s in range(1, 7)], [uninterrupted[s] for s in range(1, 7)], rtol=1e-5
+    )
+
+
+def test_damaged_newest_checkpoint_is_skipped_with_a_warning(reference_run, tmp_path):
+    reference, _ = reference_run
+    workdir = str(tmp_path)
+    result = run_cli(workdir, "--config.total_steps=4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    newest = os.path.join(workdir, "checkpoints", "4")
+    for root, _, files in os.walk(newest):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"\x00garbage")
+    result = run_cli(workdir, "--config.total_steps=6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"checkpoint {newest} cannot be restored" in result.stdout
+    assert "resuming at step 2" in result.stdout
+    # Moved aside, not deleted.
+    assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))
+    resumed, uninterrupted = losses_by_step(workdir), losses_by_step(reference)
+    np.testing.assert_allclose(resumed[6], uninterrupted[6], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
+    workdir = str(tmp_path)
+    result = run_cli(workdir, "--config.total_steps=6", "--config.base_lr=1e30")
+    assert result.returncode == 3
+    assert "error: loss became nan at step" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+    saved = os.listdir(os.path.join(workdir, "checkpoints"))
+    # Whatever was saved holds finite parameters.
+    for step in saved:
+        mngr = checkpoint.manager(workdir, keep=3)
+        restored = mngr.restore(int(step))
+        leaves = jax.tree.leaves(restored)
+        assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves if hasattr(x, "dtype"))
+
+
+def test_export_computes_the_trained_encoders_features(tmp_path):
+    config = simclr.get_config("runlocal")
+    config.total_steps = 2
+    workdir = str(tmp_path)
+    train.train_and_evaluate(config, workdir)
+
+    apply_fn, variables = checkpoint.load_encoder(os.path.join(workdir, "export"))
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    features = np.asarray(apply_fn(variables, images))
+    assert features.shape == (4, 8 * 8) and features.dtype == np.float32
+
+    # The same encoder from the training checkpoint gives the same features.
+    backbone = methods.get_method(config).network().backbone
+    restored = checkpoint.manager(workdir, keep=3).restore(2)
+    trained = {
+        "params": restored["params"]["backbone"],
+        "batch_stats": restored["batch_stats"]["backbone"],
+    }
+    expected = backbone.apply(trained, images, train=False)
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    # Float pixels in 0..255 work too.
+    np.testing.assert_allclose(apply_fn(variables, images.astype(np.float32)), features, rtol=1e-5)
