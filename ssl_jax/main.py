@@ -5,6 +5,7 @@ Running the same command again with the same workdir resumes the run.
 """
 
 import os
+import re
 import sys
 
 # tf.data only feeds the input pipeline: keep its start-up chatter out of the console.
@@ -13,6 +14,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from ssl_jax.errors import NonFiniteLossError, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results and the export.")
@@ -30,12 +33,11 @@ def main(argv):
     tf.config.set_visible_devices([], "GPU")  # keep tf.data off the accelerators JAX uses
 
     from ssl_jax import config_check, parallel, train
-    from ssl_jax.errors import NonFiniteLossError, UserError
 
     logging.set_verbosity(logging.WARNING)
     parallel.initialize_distributed()
     try:
-        config = config_check.validate(FLAGS.config)
+        config = config_check.validate(_load_config())
         train.train_and_evaluate(config, FLAGS.workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -49,10 +51,38 @@ def _parse_flags(argv):
     """absl's parser, but a bad flag or config override is one line and exit status 2."""
     try:
         return FLAGS(argv)
-    except flags.Error as e:
-        message = str(e).replace("\n", " ")
-        print(f"error: {message}", file=sys.stderr, flush=True)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {_flag_error_message(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def _flag_error_message(e: Exception) -> str:
+    text = str(e)
+    if isinstance(e, (AttributeError, KeyError)):
+        # config_flags reports an unknown --config.KEY with the key quoted, and a hint.
+        key = re.search(r"'([A-Za-z0-9_.]+)", text)
+        hint = re.search(r"Did you mean \"([^\"]+)\"", text)
+        return f"unknown config key {key.group(1) if key else text!r} in the --config overrides" + (
+            f' (did you mean "{hint.group(1)}"?)' if hint else ""
+        )
+    if "Traceback" in text:  # an exception inside the config file: its last line says what
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return f"{text.split(':', 1)[0]}: {lines[-1]}"
+    return " ".join(text.split())
+
+
+def _load_config():
+    """The parsed config; config_flags defers a missing or broken config file to first use."""
+    config = FLAGS.config
+    try:
+        config.get("method")
+        return config
+    except OSError as e:
+        detail = [line.strip() for line in str(e).splitlines() if line.strip().startswith("[")]
+        raise UserError(
+            f"cannot load the config file {FLAGS['config'].config_filename!r}"
+            + (f": {detail[-1]}" if detail else "")
+        ) from None
 
 
 def run():

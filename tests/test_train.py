@@ -3,6 +3,7 @@ non-finite losses, export, and the workdir files. Runs the tiny `runlocal` prese
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,10 +109,9 @@ def test_kill_9_then_rerun_reproduces_every_later_loss(reference_run, tmp_path):
 
 def test_damaged_newest_checkpoint_is_skipped_with_a_warning(reference_run, tmp_path):
     reference, _ = reference_run
-    workdir = str(tmp_path)
-    result = run_cli(workdir, "--config.total_steps=4")
-    assert result.returncode == 0, result.stdout + result.stderr
-    newest = os.path.join(workdir, "checkpoints", "4")
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference, workdir)
+    newest = os.path.join(workdir, "checkpoints", "6")
     for root, _, files in os.walk(newest):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
@@ -119,7 +119,7 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(reference_run, tmp_
     result = run_cli(workdir, "--config.total_steps=6")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"checkpoint {newest} cannot be restored" in result.stdout
-    assert "resuming at step 2" in result.stdout
+    assert "resuming at step 4" in result.stdout
     # Moved aside, not deleted.
     assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))
     resumed, uninterrupted = losses_by_step(workdir), losses_by_step(reference)
