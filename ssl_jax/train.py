@@ -292,7 +292,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             check_finite(*pending)
         pending = (step, metrics)
         done = step + 1
-        if done % config.log_every_steps == 0 or done == num_steps:
+        eval_due = config.eval_every_steps and done % config.eval_every_steps == 0
+        eval_due = eval_due and done < num_steps  # the final evaluation follows the loop
+        if done % config.log_every_steps == 0 or done == num_steps or eval_due:
             check_finite(*pending)
             now = time.time()
             images_per_sec = window_steps * config.batch_size / max(now - window_start, 1e-9)
@@ -302,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 **{k: float(v) for k, v in jax.device_get(metrics).items()},
                 "images_per_sec": round(images_per_sec, 1),
             }
-            if config.eval_every_steps and done % config.eval_every_steps == 0 and done < num_steps:
+            if eval_due:
                 record.update(run_eval(state))
             writer.write(record)
             if is_lead:

@@ -48,7 +48,12 @@ def losses_by_step(workdir) -> dict[int, float]:
 def reference_run(tmp_path_factory):
     """An uninterrupted 8-device run of 6 steps with checkpoints every 2."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    result = run_cli(workdir, "--config.total_steps=6", "--config.eval_random_init=True")
+    result = run_cli(
+        workdir,
+        "--config.total_steps=6",
+        "--config.eval_random_init=True",
+        "--config.eval_every_steps=3",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return workdir, result
 
@@ -61,6 +66,9 @@ def test_cli_writes_the_workdir_contract(reference_run):
     records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
     for key in ("step", "epoch", "loss", "lr", "images_per_sec", "embedding_std", "effective_rank"):
         assert key in records[0], key
+    # The evaluation during training (eval_every_steps=3) lands in the step-3 record.
+    by_step = {r["step"]: r for r in records if "loss" in r}
+    assert 0.0 <= by_step[3]["knn_top1"] <= 1.0 and "knn_top1" not in by_step[2]
     results = json.load(open(os.path.join(workdir, "results.json")))
     for key in ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1"):
         assert 0.0 <= results[key] <= 1.0, key
@@ -163,3 +171,25 @@ def test_export_computes_the_trained_encoders_features(tmp_path):
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
     # Float pixels in 0..255 work too.
     np.testing.assert_allclose(apply_fn(variables, images.astype(np.float32)), features, rtol=1e-5)
+
+
+def test_flat_unlabeled_folder_trains_and_skips_label_evaluation(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        pixels = rng.integers(0, 256, (20 + i % 5, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img_{i}.{'png' if i % 2 else 'JPG'}")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+
+    config = simclr.get_config("runlocal")
+    config.dataset = f"imagefolder:{folder}"
+    config.total_steps = 2
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["step"] == 2
+    assert "no labels" in results["skipped"]
+    assert "Evaluation skipped" in capsys.readouterr().out
+    assert os.path.exists(tmp_path / "run" / "export" / "encoder.json")

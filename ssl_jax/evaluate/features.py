@@ -42,10 +42,10 @@ def extract_features(encode, variables, source, *, image_size: int, batch_size: 
 
 def evaluate_encoder(encode, variables, *, train_source, test_source, config, mesh) -> dict:
     """kNN and linear top-1 on the test split, or {} with a reason when the data cannot say."""
-    if test_source is None:
-        return {"skipped": "the dataset has no test split"}
-    if train_source.num_classes == 0 or test_source.num_classes == 0:
+    if train_source.num_classes == 0:
         return {"skipped": "the dataset has no labels (a flat image folder)"}
+    if test_source is None:
+        return {"skipped": "the dataset has no test split (add PATH/test/<class>/ to evaluate)"}
     start = time.time()
     kwargs = dict(image_size=config.image_size, batch_size=_eval_batch(config, mesh), mesh=mesh)
     train_feats, train_labels = extract_features(encode, variables, train_source, **kwargs)
