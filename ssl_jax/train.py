@@ -290,8 +290,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         window_steps += 1
         if pending is not None:
             check_finite(*pending)
-        pending = (step, metrics)
-        done = step + 1
+        done = step + 1  # steps completed; the numbering of the logs and checkpoints
+        pending = (done, metrics)
         eval_due = config.eval_every_steps and done % config.eval_every_steps == 0
         eval_due = eval_due and done < num_steps  # the final evaluation follows the loop
         if done % config.log_every_steps == 0 or done == num_steps or eval_due:

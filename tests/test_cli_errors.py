@@ -79,3 +79,11 @@ def test_missing_workdir_flag():
     result = run_cli()
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "workdir" in result.stderr
+
+
+def test_non_finite_loss_is_one_line_and_exit_status_3(tmp_path):
+    workdir = str(tmp_path)
+    result = run_cli(f"--workdir={workdir}", "--config.total_steps=6", "--config.base_lr=1e30")
+    assert result.returncode == 3
+    assert "error: loss became nan at step" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
