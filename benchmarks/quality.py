@@ -104,6 +104,10 @@ def build_config(args, data_root: str):
     # Evaluate only at the end: intermediate evaluations would be counted in the train time.
     config.eval_every_steps = 0
     config.seed = args.seed
+    if args.temperature is not None:
+        config.temperature = args.temperature
+    if args.warmup_epochs is not None:
+        config.warmup_epochs = args.warmup_epochs
     return config_check.validate(config)
 
 
@@ -215,6 +219,15 @@ def parse_args(argv=None):
         "--dtype", choices=("float32", "bfloat16"), default=None, help="default: the preset's"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="NT-Xent temperature (preset: 0.5)"
+    )
+    parser.add_argument(
+        "--warmup_epochs",
+        type=float,
+        default=None,
+        help="preset: 10; lower it for budgets of a few epochs",
+    )
     parser.add_argument(
         "--output",
         default=None,
