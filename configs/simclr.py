@@ -3,8 +3,8 @@
     python -m ssl_jax.main --config=configs/simclr.py:demo --workdir=/tmp/ssl_demo
     python -m ssl_jax.main --config=configs/simclr.py:cifar10 --workdir=runs/simclr_cifar10 \
         --config.dataset=imagefolder:/data/cifar10
-    python -m ssl_jax.main --config=configs/simclr.py --workdir=gs://bucket/simclr_r50 \
-        --config.data_dir=gs://bucket/tfds            # ImageNet, ResNet-50, 100 epochs
+    python -m ssl_jax.main --config=configs/simclr.py --workdir=runs/simclr_r50 \
+        --config.data_dir=/data/tfds                  # ImageNet, ResNet-50, 100 epochs
 
 Presets (the argument after the colon):
   imagenet (default)  the paper's ResNet-50 ImageNet recipe (section 4, appendix B.1).

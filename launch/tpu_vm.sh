@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Run ssl_jax on a Cloud TPU VM slice (single- or multi-host): the same command on every worker.
 #
-#   TPU=my-v4-32 ZONE=us-central2-b WORKDIR=gs://my-bucket/simclr_r50 \
-#     DATA_DIR=gs://my-bucket/tfds bash launch/tpu_vm.sh configs/simclr.py [--config.key=value ...]
+#   TPU=my-v4-32 ZONE=us-central2-b WORKDIR=/mnt/shared/simclr_r50 \
+#     DATA_DIR=/mnt/shared/tfds bash launch/tpu_vm.sh configs/simclr.py [--config.key=value ...]
 #
 # jax.distributed.initialize() finds the other hosts on a TPU VM by itself; each host reads only its
-# share of every global batch. The workdir must be on storage every host sees (GCS). Re-running the
-# same command resumes from the newest checkpoint, so a preempted slice is restarted with it too.
+# share of every global batch. The workdir must be on a filesystem every host sees (e.g. a Filestore
+# or NFS mount; gs:// workdirs are not supported yet: the trainer writes with local file APIs).
+# Re-running the same command resumes from the newest checkpoint, so a preempted slice is
+# restarted with it too.
 set -euo pipefail
-: "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR (gs://...)}"
+: "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}"
+: "${WORKDIR:?set WORKDIR (a shared filesystem path)}"
 CONFIG=${1:?usage: launch/tpu_vm.sh CONFIG [overrides...]}
 shift
 REPO_URL=${REPO_URL:-}  # where workers clone ssl_jax from; default: copy this checkout with scp

@@ -198,9 +198,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps_per_epoch = data.steps_per_epoch(train_source.num_examples, config.batch_size)
     num_steps = total_steps(config, steps_per_epoch)
     prepare_workdir(workdir)
-    is_lead = jax.process_index() == 0
-    if is_lead:
-        _write_config(config, workdir)
 
     # ---------------------------------------------------------------- model, optimiser, step
     num_classes = train_source.num_classes
@@ -208,6 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config, mesh, num_classes=num_classes, steps_per_epoch=steps_per_epoch, num_steps=num_steps
     )
     net, init, state_sharding = setup.net, setup.init, setup.state_sharding
+    is_lead = jax.process_index() == 0
+    if is_lead:  # only now: a config that cannot build a model leaves the workdir untouched
+        _write_config(config, workdir)
     rng = jax.random.PRNGKey(config.seed)
     abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
