@@ -25,6 +25,9 @@ def initialize_distributed() -> None:
     nothing, so the same command works from a laptop to a pod.
     """
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            # CPU processes need a collectives backend to reduce across each other.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),

@@ -224,7 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_step = int(state.step)
 
     devices, per_device = mesh.devices.size, config.batch_size // mesh.devices.size
-    print(
+    print_lead = print if is_lead else (lambda *args, **kwargs: None)
+    print_lead(
         f"{config.method} on {train_source.name} ({train_source.num_examples} images, "
         f"{num_classes or 'no'} classes) | {jax.device_count()} {jax.devices()[0].platform} "
         f"device(s), {jax.process_count()} host(s) | global batch {config.batch_size} = "
