@@ -83,8 +83,11 @@ def create_state(config, net, method, tx, probe_tx, num_classes, rng, sample_vie
     )
 
 
-def train_step(state: TrainState, batch, *, net, method, tx, probe_tx, num_classes, schedule):
-    """One optimiser step on a GLOBAL batch: (state, batch) -> (state, metrics)."""
+def loss_and_grads(state: TrainState, batch, *, net, method):
+    """The method's loss on a GLOBAL batch and its gradient w.r.t. the network's parameters.
+
+    Returns ((loss, (metrics, network outputs, new batch_stats)), grads).
+    """
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
@@ -97,8 +100,13 @@ def train_step(state: TrainState, batch, *, net, method, tx, probe_tx, num_class
         loss, metrics = method.loss(outputs, state.extra, rng)
         return loss, (metrics, outputs, mutated["batch_stats"])
 
-    (loss, (metrics, outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
+    return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+
+def train_step(state: TrainState, batch, *, net, method, tx, probe_tx, num_classes, schedule):
+    """One optimiser step on a GLOBAL batch: (state, batch) -> (state, metrics)."""
+    (loss, (metrics, outputs, batch_stats)), grads = loss_and_grads(
+        state, batch, net=net, method=method
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -24,21 +24,11 @@ def _setup(num_devices):
         config, mesh, num_classes=NUM_CLASSES, steps_per_epoch=5, num_steps=10
     )
     state = jax.jit(training.init, out_shardings=training.state_sharding)(jax.random.PRNGKey(0))
-    net, method = training.net, training.method
-
-    def grads(state, batch):
-        def loss_fn(params):
-            outputs, _ = net.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                batch["views"],
-                train=True,
-                mutable=["batch_stats"],
-            )
-            return method.loss(outputs, state.extra, jax.random.PRNGKey(0))[0]
-
-        return jax.grad(loss_fn)(state.params)
-
-    grad_fn = jax.jit(grads, in_shardings=(training.state_sharding, parallel.batch_sharded(mesh)))
+    grads = functools.partial(train.loss_and_grads, net=training.net, method=training.method)
+    grad_fn = jax.jit(
+        lambda s, b: grads(s, b)[1],
+        in_shardings=(training.state_sharding, parallel.batch_sharded(mesh)),
+    )
     # The trainer's step donates the state; these tests reuse it, so copy before each call.
     step = lambda s, b: training.step_fn(jax.tree.map(jnp.copy, s), b)  # noqa: E731
     return mesh, state, step, grad_fn
