@@ -38,7 +38,7 @@ import jax  # noqa: E402
 from absl import logging  # noqa: E402
 
 from ssl_jax import config_check, train  # noqa: E402
-from ssl_jax.errors import NonFiniteLossError, UserError  # noqa: E402
+from ssl_jax.errors import UserError, exit_on_error  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TAR = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.tar.gz")
@@ -245,16 +245,10 @@ def main(argv=None) -> None:
     logging.set_verbosity(logging.WARNING)
     workdir = args.workdir or os.path.join("/tmp/ssl_jax_quality", time.strftime("%Y%m%d-%H%M%S"))
     seen_lines = len(metrics_lines(workdir))  # a resumed run appends to metrics.jsonl
-    try:
+    with exit_on_error():
         data_root = unpack_cifar10(args.cifar_tar, args.data_root)
         config = build_config(args, data_root)
         train.train_and_evaluate(config, workdir)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(3)
     if jax.process_index() != 0:  # only the lead host writes results.json
         return
 

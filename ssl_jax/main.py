@@ -15,7 +15,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssl_jax.errors import NonFiniteLossError, UserError  # noqa: E402
+from ssl_jax.errors import UserError, exit_on_error  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results and the export.")
@@ -36,15 +36,9 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     parallel.initialize_distributed()
-    try:
+    with exit_on_error():
         config = config_check.validate(_load_config())
         train.train_and_evaluate(config, FLAGS.workdir)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(3)
 
 
 def _parse_flags(argv):
