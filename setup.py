@@ -8,25 +8,28 @@ setuptools.setup(
     description="Self-supervised visual representation learning in JAX/Flax (SimCLR, ...).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=setuptools.find_packages(include=["ssl_jax", "ssl_jax.*"]),
     package_data={"ssl_jax.data": ["demo/*.tar.xz"]},
     include_package_data=True,
+    # Lower bounds are the tested versions; constraints.txt pins the exact versions CI installs.
+    # jax/jaxlib stay below the next minor: a new jax can change CPU speed and numerics (and
+    # ssl_jax/cpu_flags.py sets its XLA flag only on measured jaxlib versions).
     install_requires=[
         "absl-py",
-        "chex",
-        "clu",
         "einops",
-        "flax>=0.10",
-        "jax>=0.6",
+        "flax>=0.12.8,<0.13",
+        "jax>=0.10.2,<0.11",
+        "jaxlib>=0.10.2,<0.11",
         "ml-collections",
-        "numpy",
-        "optax>=0.2.4",
-        "orbax-checkpoint>=0.11",
+        "numpy>=2.0,<3",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
         "pillow",
-        "tensorboard",  # TensorBoard event files (tf.summary needs it; tensorflow-cpu lacks it)
-        "tensorflow-cpu>=2.16",
-        "tensorflow-datasets>=4.9",
+        # TensorBoard event files (tf.summary needs it; tensorflow-cpu lacks it)
+        "tensorboard>=2.21",
+        "tensorflow-cpu>=2.21,<3",
+        "tensorflow-datasets>=4.9.10,<5",
     ],
     extras_require={"test": ["pytest", "pytest-xdist", "ruff"]},
 )
