@@ -54,3 +54,149 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float) -> jax.Array:
     positive_logit = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]  # [2N]
     per_anchor = jax.nn.logsumexp(logits, axis=1) - positive_logit  # [2N]
     return jnp.mean(per_anchor)  # mean over the 2N anchors of the global batch
+
+
+def info_nce(q: jax.Array, k: jax.Array, queue: jax.Array | None, temperature: float) -> jax.Array:
+    """InfoNCE of MoCo: each query against its key and a set of negatives, cross-entropy.
+
+    With q_i = l2_normalize(q)_i and k_i = l2_normalize(k)_i (stop_gradient on k):
+
+    - MoCo v2 (He et al. 2020, Algorithm 1; Chen et al. 2020b), `queue` [K, D] given:
+          logits_i = [q_i . k_i, q_i . queue_1, ..., q_i . queue_K] / t      (positive at 0)
+          L = 1 / N * sum_i -log softmax(logits_i)_0
+      The queue holds l2-normalised keys of earlier batches; it gets no gradient.
+    - MoCo v3 (Chen et al. 2021, Algorithm 1), `queue=None`: the negatives are the other keys of
+      the GLOBAL batch:
+          logits = q @ k.T / t   [N, N],   L = 1 / N * sum_i -log softmax(logits_i)_i
+      MoCo v3's code multiplies this by 2t and sums both directions; that is the method's
+      business (ssl_jax.methods.mocov3), not this function's.
+
+    The reduction is the mean over the N queries of the GLOBAL batch. The [N, N] (or [N, 1 + K])
+    logits keep the row sharding of q, so no device holds a replicated N x N matrix.
+
+    Args:
+      q: [N, D] queries (gradient flows).
+      k: [N, D] keys; row i is the positive of query i. Treated as constant (stop_gradient).
+      queue: [K, D] negatives (l2-normalised keys), or None for in-batch negatives.
+      temperature: t > 0 (MoCo v2: 0.2; MoCo v3: 1.0 for ResNet-50, 0.2 for ViT).
+
+    Returns:
+      Scalar float32 loss; log(1 + K) (queue) or log(N) (in batch) for uninformative inputs.
+    """
+    q = _l2_normalize(q)  # [N, D]
+    k = jax.lax.stop_gradient(_l2_normalize(k))  # [N, D]
+    if queue is None:
+        logits = (q @ k.T) / temperature  # [N, N], positives on the diagonal
+        positive = jnp.diagonal(logits)  # [N]
+    else:
+        queue = jax.lax.stop_gradient(queue.astype(jnp.float32))  # [K, D]
+        positive = jnp.sum(q * k, axis=-1) / temperature  # [N]
+        negatives = (q @ queue.T) / temperature  # [N, K]
+        logits = jnp.concatenate([positive[:, None], negatives], axis=1)  # [N, 1 + K]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive)  # mean over the N queries
+
+
+def byol(p: jax.Array, z: jax.Array) -> jax.Array:
+    """BYOL's normalised regression loss (Grill et al. 2020, Eq. 2).
+
+        L = 1 / N * sum_i || p_i / |p_i| - z_i / |z_i| ||^2  =  1 / N * sum_i (2 - 2 cos(p_i, z_i))
+
+    The target z is a stop_gradient branch (the EMA network's projection); the mean is over the
+    N rows of the GLOBAL batch. BYOL's total loss sums this over the two (view, other view)
+    pairs; the method does that. The value lies in [0, 4]: 0 when p and z are parallel.
+
+    Args:
+      p: [N, D] online predictions (gradient flows).
+      z: [N, D] target projections (stop_gradient).
+    """
+    p = _l2_normalize(p)  # [N, D]
+    z = jax.lax.stop_gradient(_l2_normalize(z))  # [N, D]
+    return jnp.mean(jnp.sum((p - z) ** 2, axis=-1))  # mean over the N rows
+
+
+def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
+    """SimSiam's D(p, z) (Chen & He 2021, Eq. 1 and the stop-gradient of Eq. 3).
+
+        D(p, z) = -1 / N * sum_i  p_i . stopgrad(z_i) / (|p_i| |z_i|)
+
+    Mean over the N rows of the GLOBAL batch, in [-1, 1]. SimSiam's symmetrised loss is
+    1/2 D(p1, z2) + 1/2 D(p2, z1); the method does that.
+
+    Args:
+      p: [N, D] predictions (gradient flows).
+      z: [N, D] projections of the other view (stop_gradient: no gradient reaches z).
+    """
+    p = _l2_normalize(p)  # [N, D]
+    z = jax.lax.stop_gradient(_l2_normalize(z))  # [N, D]
+    return -jnp.mean(jnp.sum(p * z, axis=-1))  # mean over the N rows
+
+
+def _standardize(z: jax.Array, eps: float) -> jax.Array:
+    """Per dimension over the GLOBAL batch: (z - mean) / sqrt(var + eps), biased variance."""
+    mean = jnp.mean(z, axis=0, keepdims=True)  # [1, D], over the global batch
+    var = jnp.mean((z - mean) ** 2, axis=0, keepdims=True)  # [1, D]
+    return (z - mean) * jax.lax.rsqrt(var + eps)
+
+
+def barlow_twins(z_a: jax.Array, z_b: jax.Array, lambd: float) -> jax.Array:
+    """Barlow Twins' redundancy-reduction loss (Zbontar et al. 2021, Eq. 1 and 2).
+
+    Each embedding dimension is standardised over the GLOBAL batch of N (BatchNorm without
+    affine parameters, biased variance, eps 1e-5, as the official code's SyncBN), then
+
+        C_ij = 1 / N * sum_b za_bi * zb_bj                         [D, D] cross-correlation
+        L = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2
+
+    A sum over the D x D entries (no mean): its scale grows with D, which is why lambd is tied
+    to D (the paper's 5e-3 is for D = 8192; the official code uses 0.0051). Keep lambd * D
+    roughly constant when the projector is resized (the paper's ablation in section 4 finds
+    the loss flat over a wide range of lambd, so the rule is a starting point, not a law).
+
+    Args:
+      z_a: [N, D] embeddings of the first view.
+      z_b: [N, D] embeddings of the second view.
+      lambd: weight of the redundancy (off-diagonal) term, >= 0.
+    """
+    n = z_a.shape[0]
+    za = _standardize(z_a.astype(jnp.float32), 1e-5)  # [N, D]
+    zb = _standardize(z_b.astype(jnp.float32), 1e-5)  # [N, D]
+    c = (za.T @ zb) / n  # [D, D], summed over the global batch
+    on_diag = jnp.sum((1.0 - jnp.diagonal(c)) ** 2)
+    off_diag = jnp.sum(c**2) - jnp.sum(jnp.diagonal(c) ** 2)
+    return on_diag + lambd * off_diag
+
+
+def vicreg(
+    z_a: jax.Array, z_b: jax.Array, sim_coeff: float, std_coeff: float, cov_coeff: float
+) -> jax.Array:
+    """VICReg (Bardes et al. 2022, Eq. 1-6; gamma = 1, eps = 1e-4, as the official code).
+
+        s(Z, Z')  = 1 / (N D) * sum_i || z_i - z'_i ||^2                invariance (MSE)
+        v(Z)      = 1 / D * sum_j relu(1 - sqrt(Var_N(Z_:j) + eps))      variance hinge
+        c(Z)      = 1 / D * sum_{i != j} Cov(Z)_ij^2,  Cov = Zc^T Zc / (N - 1)
+        L = sim_coeff * s + std_coeff * (v(Z) + v(Z')) / 2 + cov_coeff * (c(Z) + c(Z'))
+
+    All terms are over the GLOBAL batch of N (the official code all-gathers for v and c; its
+    invariance term is on the local batch, which equals ours in expectation). The variance
+    uses the unbiased estimator (N - 1), as torch.var. Solo-learn drops the / 2 on the
+    variance term; we follow the official code.
+
+    Args:
+      z_a, z_b: [N, D] expander outputs of the two views.
+      sim_coeff, std_coeff, cov_coeff: lambda, mu, nu (paper: 25, 25, 1).
+    """
+    z_a, z_b = z_a.astype(jnp.float32), z_b.astype(jnp.float32)
+    n, d = z_a.shape
+    invariance = jnp.mean((z_a - z_b) ** 2)  # mean over N x D
+
+    def variance_and_covariance(z):
+        zc = z - jnp.mean(z, axis=0, keepdims=True)  # [N, D], centred over the global batch
+        std = jnp.sqrt(jnp.sum(zc**2, axis=0) / (n - 1) + 1e-4)  # [D]
+        variance = jnp.mean(jax.nn.relu(1.0 - std))
+        cov = (zc.T @ zc) / (n - 1)  # [D, D]
+        covariance = (jnp.sum(cov**2) - jnp.sum(jnp.diagonal(cov) ** 2)) / d
+        return variance, covariance
+
+    var_a, cov_a = variance_and_covariance(z_a)
+    var_b, cov_b = variance_and_covariance(z_b)
+    return sim_coeff * invariance + std_coeff * (var_a + var_b) / 2 + cov_coeff * (cov_a + cov_b)

@@ -28,16 +28,23 @@ config_flags.DEFINE_config_file(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from ssl_jax import config_check, methods
+
+    logging.set_verbosity(logging.WARNING)
+    with exit_on_error():
+        # Config and method settings first: a mistake is reported in seconds, before TensorFlow
+        # (the input pipeline) is even imported.
+        config = config_check.validate(_load_config())
+        methods.get_method(config)
+
     import tensorflow as tf  # imported late so the TF log level above applies
 
     tf.config.set_visible_devices([], "GPU")  # keep tf.data off the accelerators JAX uses
 
-    from ssl_jax import config_check, parallel, train
+    from ssl_jax import parallel, train
 
-    logging.set_verbosity(logging.WARNING)
     parallel.initialize_distributed()
     with exit_on_error():
-        config = config_check.validate(_load_config())
         train.train_and_evaluate(config, FLAGS.workdir)
 
 

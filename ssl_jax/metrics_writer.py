@@ -39,15 +39,22 @@ class MetricsWriter:
             self._tb.close()
 
 
-def progress_line(record: dict, total_steps: int, steps_per_epoch: int, eta_seconds: float) -> str:
-    """step 120/3000 | epoch 3.2 | loss 5.1234 | lr 0.3 | 812 img/s | ETA 4m12s (+ evals)."""
+def progress_line(
+    record: dict, total_steps: int, steps_per_epoch: int, eta_seconds: float | None
+) -> str:
+    """step 120/3000 | epoch 3.2 | loss 5.1234 | lr 0.3 | 812 img/s | ETA 4m12s (+ evals).
+
+    Speed and ETA leave out the first step of a process (it compiles); until a second step has
+    run they read "compiling".
+    """
+    speed = record.get("images_per_sec")
     parts = [
         f"step {record['step']}/{total_steps}",
         f"epoch {record['step'] / steps_per_epoch:.2f}",
         f"loss {record['loss']:.4f}",
         f"lr {record['lr']:.4g}",
-        f"{record['images_per_sec']:.0f} img/s",
-        f"ETA {_duration(eta_seconds)}",
+        f"{speed:.0f} img/s" if speed else "compiling",
+        f"ETA {_duration(eta_seconds)}" if eta_seconds is not None else "ETA --",
     ]
     for key in ("probe_top1", "knn_top1", "linear_top1"):
         if key in record:

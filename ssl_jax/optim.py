@@ -6,9 +6,14 @@ We compose optax's own LARS / LAMB / SGD / AdamW and only add what SSL recipes n
   decay and adapt every parameter;
 - the learning rate scaled from the GLOBAL batch size (SimCLR: linear `base_lr * B / 256` or
   square root `base_lr * sqrt(B)`);
-- linear warmup followed by cosine decay to zero, per step.
+- linear warmup followed by cosine decay to zero, per step;
+- parameter groups (`config.param_groups`): a top-level part of the network (e.g. `predictor`)
+  with its own learning-rate multiplier or schedule, through optax.multi_transform; the decay and
+  trust-ratio masks still apply inside every group. SimSiam's predictor keeps a constant
+  learning rate this way (Chen & He 2021, section 4.4).
 """
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -21,6 +26,8 @@ from ssl_jax.errors import UserError
 
 OPTIMIZERS = ("lars", "lamb", "sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
+GROUP_SCHEDULES = ("warmup_cosine", "constant")
+GROUP_KEYS = ("schedule", "lr_multiplier")
 
 
 def decay_mask(params) -> dict:
@@ -67,7 +74,7 @@ def make_optimizer(
     name: str,
     learning_rate: Callable | float,
     weight_decay: float,
-    params,
+    params=None,
     momentum: float = 0.9,
 ) -> optax.GradientTransformation:
     """The optimiser named in the config, with decay and trust-ratio masks applied.
@@ -76,10 +83,12 @@ def make_optimizer(
       name: one of OPTIMIZERS.
       learning_rate: a schedule or a constant (already scaled for the global batch).
       weight_decay: decoupled weight-decay coefficient (SimCLR LARS: 1e-6).
-      params: the parameter tree (or its shapes), used to build the masks.
+      params: unused; the masks are computed from the tree the optimiser is given (which, inside
+        a parameter group, is that group's part of the tree).
       momentum: for LARS and SGD.
     """
-    mask = decay_mask(params)
+    del params
+    mask = decay_mask
     if name == "lars":
         return optax.lars(
             learning_rate,
@@ -114,14 +123,53 @@ def from_config(
     peak_lr = scaled_learning_rate(config.base_lr, config.batch_size, config.lr_scaling)
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     schedule = warmup_cosine(peak_lr, warmup_steps, total_steps)
-    tx = make_optimizer(
+    optimizer = functools.partial(
+        make_optimizer,
         name=config.optimizer,
-        learning_rate=schedule,
         weight_decay=config.weight_decay,
-        params=params,
         momentum=config.get("momentum", 0.9),
     )
-    return tx, schedule, peak_lr
+    groups = config.get("param_groups", None) or {}
+    if not groups:
+        return optimizer(learning_rate=schedule), schedule, peak_lr
+
+    check_param_groups(groups, params)
+    transforms = {"default": optimizer(learning_rate=schedule)}
+    for name, group in groups.items():
+        group_peak = peak_lr * group.get("lr_multiplier", 1.0)
+        if group.get("schedule", "warmup_cosine") == "constant":
+            group_schedule = optax.constant_schedule(group_peak)
+        else:
+            group_schedule = warmup_cosine(group_peak, warmup_steps, total_steps)
+        transforms[name] = optimizer(learning_rate=group_schedule)
+
+    def labels(tree):
+        return {key: jax.tree.map(lambda _, k=key: k if k in groups else "default", sub)
+                for key, sub in tree.items()}  # fmt: skip
+
+    return optax.multi_transform(transforms, labels), schedule, peak_lr
+
+
+def check_param_groups(groups, params) -> None:
+    """Every group names a top-level part of the network and known settings."""
+    for name, group in groups.items():
+        if name not in params:
+            raise UserError(
+                f"param_groups.{name}: the network has no {name!r} "
+                f"(it has: {', '.join(params)}); remove the group or pick one of those"
+            )
+        unknown = sorted(set(group) - set(GROUP_KEYS))
+        if unknown:
+            raise UserError(
+                f"param_groups.{name}: unknown setting(s) {unknown}; known: {GROUP_KEYS}"
+            )
+        if group.get("schedule", "warmup_cosine") not in GROUP_SCHEDULES:
+            raise UserError(
+                f"param_groups.{name}.schedule={group['schedule']!r} is not one of "
+                f"{', '.join(GROUP_SCHEDULES)}"
+            )
+        if not group.get("lr_multiplier", 1.0) > 0:
+            raise UserError(f"param_groups.{name}.lr_multiplier must be > 0")
 
 
 def flat_mask(params) -> dict[str, bool]:

@@ -12,6 +12,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import ssl_jax  # noqa: E402, F401  (before any device use: adds the CPU convolution flag)
+
 # tf.data is only the input pipeline; keep TF off any accelerator and modest on threads.
 tf.config.set_visible_devices([], "GPU")
 # Tests compile many small programs and run each once or twice: compile time dominates.

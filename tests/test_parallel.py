@@ -66,7 +66,8 @@ def test_loss_metrics_and_gradients_match(one_and_eight):
     ((g1, _, m1), _), ((g8, _, m8), _) = one_and_eight
     for key in ("loss", "probe_loss", "embedding_std", "effective_rank", "lr"):
         np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g8, g1)
+    # Gradients of size ~1e-2 differ by float32 summation order (~5e-6); a wrong batch, ~1e-1.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g8, g1)
 
 
 def test_new_params_and_batch_norm_statistics_match(one_and_eight):

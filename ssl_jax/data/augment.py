@@ -13,11 +13,18 @@ A recipe is a ConfigDict (or dict) with these fields; defaults are SimCLR's Imag
     color_jitter_prob       apply colour jitter at all                             0.8
     color_jitter_strength   s: brightness 0.8s, contrast 0.8s, saturation 0.8s,
                             hue 0.2s, in a random order per example                1.0
+    color_jitter            (brightness, contrast, saturation, hue) given one by
+                            one, overriding the strength (BYOL, MoCo v2: e.g.
+                            (0.4, 0.4, 0.2, 0.1)); () derives them from s         ()
+    brightness_mode         "additive": x + U(-b, b) (SimCLR v1's code);
+                            "multiplicative": x * U(1 - b, 1 + b) (SimCLR v2's,
+                            BYOL's code, torchvision)                              additive
     grayscale_prob          convert to grey (kept as 3 channels)                   0.2
     blur_prob               Gaussian blur                                          0.5
     blur_sigma              (min, max) sigma in pixels of the output               (0.1, 2.0)
     blur_kernel_fraction    kernel side / output side (rounded to odd)             0.1
-    solarize_prob           x -> 1 - x above 0.5 (BYOL)                            0.0
+    solarize_prob           pixels >= 128 (of 255) inverted, as PIL's solarize in
+                            BYOL's and MoCo v3's code                              0.0
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import tensorflow as tf
 from ssl_jax.errors import UserError
 
 _CROP_ATTEMPTS = 100
-_SOLARIZE_THRESHOLD = 0.5
+BRIGHTNESS_MODES = ("additive", "multiplicative")
 # One independent stream per random decision; the position in this tuple is the stream's id.
 _STREAMS = (
     "crop", "flip", "jitter", "order", "brightness", "contrast", "saturation", "hue",
@@ -49,6 +56,8 @@ class Recipe:
     flip_prob: float = 0.5
     color_jitter_prob: float = 0.8
     color_jitter_strength: float = 1.0
+    color_jitter: tuple[float, ...] = ()
+    brightness_mode: str = "additive"
     grayscale_prob: float = 0.2
     blur_prob: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -71,11 +80,32 @@ def parse_recipe(recipe: Mapping[str, Any] | Recipe) -> Recipe:
         raise UserError(f"unknown augmentation recipe field(s) {unknown}; known: {sorted(known)}")
     if "size" not in values:
         raise UserError("augmentation recipe needs `size` (output side in pixels)")
+    for key in ("crop_area", "crop_aspect", "blur_sigma", "color_jitter"):
+        if key in values:
+            try:
+                values[key] = tuple(float(v) for v in values[key])
+            except (TypeError, ValueError):
+                raise UserError(
+                    f"recipe {key} must be a tuple of numbers, got {values[key]!r}"
+                ) from None
+            if any(v != v for v in values[key]):  # NaN
+                raise UserError(f"recipe {key} has a NaN: {values[key]}")
     for key in ("crop_area", "crop_aspect", "blur_sigma"):
         if key in values:
-            values[key] = tuple(float(v) for v in values[key])
             if len(values[key]) != 2 or values[key][0] > values[key][1] or values[key][0] <= 0:
                 raise UserError(f"recipe {key} must be (min, max) with 0 < min <= max")
+    if "color_jitter" in values:
+        jitter = values["color_jitter"]
+        if jitter and (len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5):
+            raise UserError(
+                "recipe color_jitter must be () or (brightness, contrast, saturation, hue), "
+                f"each >= 0 and hue <= 0.5; got {jitter}"
+            )
+    if values.get("brightness_mode", "additive") not in BRIGHTNESS_MODES:
+        raise UserError(
+            f"recipe brightness_mode={values['brightness_mode']!r} is not one of "
+            f"{', '.join(BRIGHTNESS_MODES)}"
+        )
     parsed = Recipe(**values)
     if int(parsed.size) != parsed.size or parsed.size < 1:
         raise UserError(f"recipe size must be a positive integer, got {parsed.size}")
@@ -158,15 +188,28 @@ def _uniform(seed: tf.Tensor, low: float, high: float) -> tf.Tensor:
     return tf.random.stateless_uniform([], seed, minval=low, maxval=high)
 
 
-def _color_jitter(image: tf.Tensor, seeds: dict[str, tf.Tensor], strength: float) -> tf.Tensor:
+def jitter_strengths(recipe: Recipe) -> tuple[float, float, float, float]:
+    """(brightness, contrast, saturation, hue): given, or 0.8s, 0.8s, 0.8s, 0.2s (SimCLR)."""
+    if recipe.color_jitter:
+        return recipe.color_jitter
+    s = recipe.color_jitter_strength
+    return 0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5)
+
+
+def _color_jitter(image: tf.Tensor, seeds: dict[str, tf.Tensor], recipe: Recipe) -> tf.Tensor:
     """Brightness, contrast, saturation, hue in a random order; clipped to [0, 1] after each."""
-    s = 0.8 * strength
-    brightness = _uniform(seeds["brightness"], -s, s)
-    contrast = _uniform(seeds["contrast"], max(0.0, 1 - s), 1 + s)
+    b, c, s, h = jitter_strengths(recipe)
+    contrast = _uniform(seeds["contrast"], max(0.0, 1 - c), 1 + c)
     saturation = _uniform(seeds["saturation"], max(0.0, 1 - s), 1 + s)
-    hue = _uniform(seeds["hue"], -min(0.2 * strength, 0.5), min(0.2 * strength, 0.5))
+    hue = _uniform(seeds["hue"], -h, h)
+    if recipe.brightness_mode == "multiplicative":
+        factor = _uniform(seeds["brightness"], max(0.0, 1 - b), 1 + b)
+        brightness_op = lambda x: x * factor
+    else:
+        shift = _uniform(seeds["brightness"], -b, b)
+        brightness_op = lambda x: x + shift
     ops = [
-        lambda x: x + brightness,
+        brightness_op,
         lambda x: tf.image.adjust_contrast(x, contrast),
         lambda x: tf.image.adjust_saturation(x, saturation),
         lambda x: tf.image.adjust_hue(x, hue),
@@ -229,13 +272,14 @@ def augment_view(
     view = _resize(crop, recipe.size)  # [S, S, 3] float32 in [0, 1]
 
     view = _maybe(seeds["flip"], recipe.flip_prob, tf.image.flip_left_right, view)
-    if recipe.color_jitter_strength > 0:
-        jitter = lambda x: _color_jitter(x, seeds, recipe.color_jitter_strength)
+    if max(jitter_strengths(recipe)) > 0:
+        jitter = lambda x: _color_jitter(x, seeds, recipe)
         view = _maybe(seeds["jitter"], recipe.color_jitter_prob, jitter, view)
     view = _maybe(seeds["grayscale"], recipe.grayscale_prob, _grayscale, view)
     blur = lambda x: _gaussian_blur(x, seeds["sigma"], recipe)
     view = _maybe(seeds["blur"], recipe.blur_prob, blur, view)
-    solarize = lambda x: tf.where(x < _SOLARIZE_THRESHOLD, x, 1.0 - x)
+    # Compared on the uint8 grid, so a value exactly at 128 inverts as in PIL.
+    solarize = lambda x: tf.where(tf.round(x * 255.0) < 128.0, x, 1.0 - x)
     view = _maybe(seeds["solarize"], recipe.solarize_prob, solarize, view)
 
     out = _to_uint8(view)

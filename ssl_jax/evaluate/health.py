@@ -64,3 +64,34 @@ def effective_rank(z: jax.Array) -> jax.Array:
     p = s / jnp.maximum(jnp.sum(s), _EPS)  # [min(N, D)]
     entropy = -jnp.sum(jax.scipy.special.xlogy(p, p))
     return jnp.exp(entropy)
+
+
+class CollapseMonitor:
+    """Warns once when the embedding std stays below 0.1 / sqrt(D) for `window` steps in a row.
+
+    Healthy l2-normalised embeddings have a per-dimension std near 1 / sqrt(D) (embedding_std
+    above); a tenth of that held for a sustained stretch is collapse, not noise. The run goes on:
+    some methods recover, and the user decides.
+    """
+
+    def __init__(self, dim: int, window: int = 20):
+        self.threshold = 0.1 / float(dim) ** 0.5
+        self.window = window
+        self._low_since = None
+        self._warned = False
+
+    def update(self, step: int, std: float) -> str | None:
+        """Feed one step's embedding_std; returns a warning the first time collapse is sustained."""
+        if std >= self.threshold:
+            self._low_since, self._warned = None, False
+            return None
+        if self._low_since is None:
+            self._low_since = step
+        if not self._warned and step - self._low_since + 1 >= self.window:
+            self._warned = True
+            return (
+                f"representation collapse at step {step}: embedding_std {std:.2e} has stayed "
+                f"below 0.1/sqrt(D) = {self.threshold:.2e} since step {self._low_since}. The run "
+                "continues; check the learning rate, EMA rate, temperature or loss weights."
+            )
+        return None

@@ -5,26 +5,67 @@ around the shared backbone, any state beside the parameters (EMA target, queue, 
 loss. The trainer owns everything else (data, sharding, optimiser, checkpoints, evaluation) and
 never branches on a method's name.
 
+One train step, as the trainer runs it (ssl_jax.train.train_step), for the GLOBAL batch:
+
+    outputs = net.apply(params, views, train=True)               online forward, BN over the batch
+    loss, metrics, aux = method.loss(outputs, StepInputs(...))   under jax.grad w.r.t. params
+    params = optimiser(params, grads)
+    extra = method.update_extra(extra, aux, params=params, step=step)
+
 Conventions the trainer relies on:
 - `network()` returns a Linen module with a submodule named `backbone` (the encoder that is
   evaluated and exported) whose `__call__(views, train)` takes the list of uint8 view batches,
   one [B, H, W, 3] array per recipe, and returns a dict with at least
     "features":  [V * B, D] backbone features, views stacked in recipe order;
     "embedding": [B, P] the method's embedding of the first view (for health metrics).
-- `loss(outputs, extra, rng)` returns (scalar float32 loss, dict of scalar metrics) for the
-  GLOBAL batch, computed with a function from ssl_jax.losses.
+  Networks with an EMA target also define `target(views, train)`, the branch the target has
+  (methods/network.py: backbone and projector, no predictor).
+- `init_extra(variables, rng, sample_views)` returns the state beside the parameters; it is
+  part of the TrainState, so it is replicated, donated and checkpointed with the rest.
+- `loss(outputs, inputs)` returns (scalar float32 loss, dict of scalar metrics, aux) for the
+  GLOBAL batch, the loss computed with a function from ssl_jax.losses. `inputs.apply_target`
+  runs the network's target branch on the same views with other variables (the EMA target's)
+  in training mode and returns (outputs, new batch_stats) with the outputs under stop_gradient.
+  `aux` is any pytree the method wants to carry from the loss to `update_extra` (the keys to
+  enqueue, the target's new BatchNorm statistics); {} when there is none.
+- `update_extra(extra, aux, params=..., step=...)` returns the extra state after the optimiser
+  step, given the NEW online parameters (EMA targets: tau * target + (1 - tau) * params).
+- `validate()` raises UserError for a config the method cannot run (before any work starts).
 """
 
-from typing import Any, Protocol
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 import flax.linen as nn
 import jax
+import ml_collections
+
+from ssl_jax.errors import UserError
 
 PyTree = Any
 
 
+@dataclasses.dataclass(frozen=True)
+class StepInputs:
+    """What a method's loss sees besides the online network's outputs."""
+
+    views: list  # V x [B, H, W, 3] uint8, the GLOBAL batch (sharded along `data`)
+    extra: PyTree  # the method's state before this step
+    rng: jax.Array  # a fresh key for this step
+    step: jax.Array  # int32, the number of steps already taken
+    # (variables, views) -> (outputs, new batch_stats): the network's `target` branch in training
+    # mode with the given variables, outputs under stop_gradient.
+    apply_target: Callable[[PyTree, list], tuple[dict, PyTree]]
+    net: Any = None  # the network module, for methods that apply it in other ways
+    mesh: Any = None  # the device mesh, for per-device computations with jax.shard_map
+
+
 class Method(Protocol):
     encoder_name: str  # the submodule that is "the encoder": evaluated, exported
+
+    def validate(self) -> None:
+        """Raise UserError for method settings that cannot work (before any work starts)."""
 
     def view_recipes(self) -> list[str]:
         """Names of view recipes (keys of config.augment), one per view."""
@@ -32,11 +73,42 @@ class Method(Protocol):
     def network(self) -> nn.Module:
         """The module applied to the views: backbone plus the method's heads."""
 
-    def init_extra(self, params: PyTree) -> PyTree:
+    def init_extra(self, variables: PyTree, rng: jax.Array, sample_views: list) -> PyTree:
         """State beside the parameters (EMA target, queue, ...); {} when there is none."""
 
-    def loss(self, outputs: dict, extra: PyTree, rng: jax.Array) -> tuple[jax.Array, dict]:
-        """Loss and metrics of one global batch from the network's outputs."""
+    def loss(self, outputs: dict, inputs: StepInputs) -> tuple[jax.Array, dict, PyTree]:
+        """Loss, metrics and aux (carried to update_extra) of one global batch."""
 
-    def update_extra(self, extra: PyTree, params: PyTree, step: jax.Array) -> PyTree:
-        """The extra state after an optimiser step (e.g. the EMA of `params`)."""
+    def update_extra(self, extra: PyTree, aux: PyTree, *, params: PyTree, step: jax.Array):
+        """The extra state after an optimiser step (e.g. the EMA of the new `params`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodBase:
+    """Defaults for the parts most methods share: two views from config.views, no extra state.
+
+    `total_steps` is the length of the run, for schedules a method owns (the EMA rate).
+    """
+
+    config: ml_collections.ConfigDict
+    total_steps: int = 0
+    encoder_name: ClassVar[str] = "backbone"
+    has_predictor: ClassVar[bool] = False
+
+    def validate(self) -> None:
+        temperature = self.config.get("temperature", None)
+        if temperature is not None and not temperature > 0:
+            raise UserError(f"temperature={temperature} must be > 0")
+        if not self.has_predictor and self.config.get("predictor", None) is not None:
+            raise UserError(
+                f"{self.config.method} has no predictor; remove the `predictor` config block"
+            )
+
+    def view_recipes(self) -> list[str]:
+        return list(self.config.views)
+
+    def init_extra(self, variables, rng, sample_views):
+        return {}
+
+    def update_extra(self, extra, aux, *, params, step):
+        return extra

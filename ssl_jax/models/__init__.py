@@ -1,7 +1,9 @@
 """Backbones and heads. `build_backbone(config)` is the one place a config becomes a backbone."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from ssl_jax.errors import UserError
 from ssl_jax.models.heads import MLPHead
@@ -29,10 +31,34 @@ def build_backbone(config: ml_collections.ConfigDict) -> ResNet:
     )
 
 
+def param_count(params) -> int:
+    """Number of scalars in a parameter tree (arrays or their ShapeDtypeStructs)."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def backbone_param_count(backbone, image_size: int = 224) -> int:
+    """Parameters of a backbone (no classifier), counted from its shapes without allocating.
+
+    ResNet-18 and ResNet-50 at width 1 give torchvision's counts without `fc`: 11,176,512 and
+    23,508,032 (tests/test_models.py).
+    """
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.uint8)
+    shapes = jax.eval_shape(lambda: backbone.init(jax.random.PRNGKey(0), images)["params"])
+    return param_count(shapes)
+
+
 def compute_dtype(name: str):
     if name not in ("float32", "bfloat16"):
         raise UserError(f"dtype={name!r} must be 'float32' or 'bfloat16'")
     return jnp.dtype(name)
 
 
-__all__ = ["BACKBONES", "MLPHead", "ResNet", "build_backbone", "compute_dtype"]
+__all__ = [
+    "BACKBONES",
+    "MLPHead",
+    "ResNet",
+    "backbone_param_count",
+    "build_backbone",
+    "compute_dtype",
+    "param_count",
+]

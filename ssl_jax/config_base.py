@@ -1,0 +1,127 @@
+"""Building blocks of the method configs in configs/: the shared keys, view recipes, presets.
+
+Each configs/<method>.py starts from `shared(method)`, sets its paper's values with their sources,
+and finishes with `finish_preset(config, preset, ...)` for the presets every method has:
+`imagenet` (default: the paper's recipe), `cifar10` (the anchors' CIFAR-10 values), `demo`
+(the bundled demo set, minutes on 2 CPU cores) and `runlocal` (a seconds-long smoke run).
+"""
+
+import ml_collections
+
+PRESETS = ("imagenet", "cifar10", "demo", "runlocal")
+
+
+def shared(method: str) -> ml_collections.ConfigDict:
+    """The keys every method's config has (names are a contract), at ImageNet values."""
+    config = ml_collections.ConfigDict()
+    config.method = method
+    config.dataset = "imagenet2012"  # TFDS name, "imagefolder:PATH" or "demo"
+    config.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
+    config.image_size = 224
+    config.batch_size = 4096  # global, over all devices and hosts
+    config.num_epochs = 100
+    config.total_steps = 0  # > 0 overrides num_epochs
+    config.optimizer = "lars"  # lars | lamb | sgd | adamw
+    config.base_lr = 0.3  # peak lr = base_lr * batch_size / 256 with linear scaling
+    config.lr_scaling = "linear"  # linear | sqrt | none
+    config.weight_decay = 1e-6
+    config.momentum = 0.9
+    config.warmup_epochs = 10.0
+    # {group: {schedule: warmup_cosine | constant, lr_multiplier}} for top-level network parts.
+    config.param_groups = ml_collections.ConfigDict()
+    config.seed = 0
+    config.dtype = "bfloat16"  # compute dtype; parameters stay float32
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3
+    config.log_every_steps = 100
+    config.eval_every_steps = 0  # kNN + linear probe on the test split; 0 = only at the end
+    config.eval_random_init = False  # also evaluate a randomly initialised encoder at the end
+    config.model = ml_collections.ConfigDict(
+        dict(
+            name="resnet50",
+            width=1.0,  # channel multiplier: 1.0 is 64 stem channels
+            cifar_stem=ml_collections.FieldReference(None, field_type=bool),  # None: auto, <= 64 px
+        )
+    )
+    config.knn = ml_collections.ConfigDict(dict(k=200, temperature=0.07))  # Wu et al. 2018
+    config.probe = ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=0.0))  # online probe
+    config.augment = ml_collections.ConfigDict()
+    return config
+
+
+def view_recipe(size, **values) -> ml_collections.ConfigDict:
+    """A view recipe (ssl_jax/data/augment.py), SimCLR's ImageNet values unless overridden.
+
+    `size` is normally config.get_ref("image_size"), so --config.image_size=N resizes the views.
+    """
+    recipe = dict(
+        size=size,
+        crop_area=(0.08, 1.0),  # random resized crop: fraction of the image area
+        crop_aspect=(3 / 4, 4 / 3),
+        flip_prob=0.5,
+        color_jitter_prob=0.8,
+        color_jitter_strength=1.0,  # s; brightness, contrast, saturation 0.8s, hue 0.2s
+        color_jitter=(),  # explicit (brightness, contrast, saturation, hue) overrides s
+        brightness_mode="additive",  # SimCLR v1's code; "multiplicative": v2, BYOL, torchvision
+        grayscale_prob=0.2,
+        blur_prob=0.5,
+        blur_sigma=(0.1, 2.0),
+        blur_kernel_fraction=0.1,  # kernel side = 10% of the image side
+        solarize_prob=0.0,
+    )
+    unknown = set(values) - set(recipe)
+    if unknown:
+        raise KeyError(f"unknown view recipe field(s) {sorted(unknown)}")
+    recipe.update(values)
+    return ml_collections.ConfigDict(recipe)
+
+
+def byol_views(config: ml_collections.ConfigDict, **values) -> None:
+    """BYOL's asymmetric pair (deepmind-research byol/utils/augmentations.py), also used by MoCo
+    v3, Barlow Twins and VICReg: colour jitter (0.4, 0.4, 0.2, 0.1) with multiplicative
+    brightness, blur p 1.0 / 0.1, solarisation p 0.0 / 0.2. Sets config.augment.view1/view2."""
+    common = dict(color_jitter=(0.4, 0.4, 0.2, 0.1), brightness_mode="multiplicative")
+    common.update(values)
+    size = config.get_ref("image_size")
+    config.augment.view1 = view_recipe(size, **{"blur_prob": 1.0, "solarize_prob": 0.0, **common})
+    config.augment.view2 = view_recipe(size, **{"blur_prob": 0.1, "solarize_prob": 0.2, **common})
+    config.views = ("view1", "view2")
+
+
+def small_image_views(config: ml_collections.ConfigDict) -> None:
+    """32 px data: no blur (every CIFAR recipe of the anchors drops it)."""
+    for recipe in config.augment.values():
+        recipe.blur_prob = 0.0
+
+
+def finish_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+    """The preset-independent parts of `cifar10`, `demo` and `runlocal` (method values aside)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: use {', '.join(PRESETS)}")
+    if preset == "imagenet":
+        return config
+    config.image_size = 32
+    config.dtype = "float32"
+    config.eval_random_init = True
+    if preset == "cifar10":
+        config.dataset = "cifar10"
+        config.eval_every_steps = 5000
+    elif preset == "demo":
+        config.dataset = "demo"
+        config.model.name = "resnet18"
+        config.model.width = 0.125
+        config.checkpoint_every_steps = 100
+        config.log_every_steps = 25
+    elif preset == "runlocal":
+        config.dataset = "demo"
+        config.image_size = 16
+        config.batch_size = 32
+        config.total_steps = 4
+        config.warmup_epochs = 0.0
+        config.model.name = "resnet18"
+        config.model.width = 0.125
+        config.checkpoint_every_steps = 2
+        config.log_every_steps = 1
+        config.eval_random_init = False
+    small_image_views(config)
+    return config

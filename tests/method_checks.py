@@ -1,0 +1,181 @@
+"""Checks every method's tests share: one jitted step on 1 and on 8 devices for the same global
+batch, compiled once per (method, device count) and reused by all tests of a module."""
+
+import functools
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax import parallel, train
+from ssl_jax.methods import StepInputs
+
+GLOBAL_BATCH = 16
+NUM_CLASSES = 10
+NUM_STEPS = 10
+RTOL, ATOL = 1e-4, 1e-5  # float32 sums in another order; a wrong batch gives ~1e-1
+
+
+def tiny_config(method: str, **overrides):
+    """The method's runlocal preset at the tiny test shapes (width 0.125, 16 px, batch 16)."""
+    config = importlib.import_module(f"configs.{method}").get_config("runlocal")
+    config.batch_size = GLOBAL_BATCH
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@functools.cache
+def setup(method: str, num_devices: int, overrides: tuple = ()):
+    """(mesh, training, initial state, step that keeps its input) for a method on n devices."""
+    mesh = parallel.make_mesh(jax.devices()[:num_devices])
+    config = tiny_config(method, **dict(overrides))
+    training = train.build_training(
+        config, mesh, num_classes=NUM_CLASSES, steps_per_epoch=5, num_steps=NUM_STEPS
+    )
+    state = jax.jit(training.init, out_shardings=training.state_sharding)(jax.random.PRNGKey(0))
+    # The trainer's step donates the state; tests reuse states, so copy before each call.
+    step = lambda s, b: training.step_fn(jax.tree.map(jnp.copy, s), b)  # noqa: E731
+    return mesh, training, state, step
+
+
+def batch(mesh, num_views: int = 2, size: int = 16):
+    rng = np.random.default_rng(0)
+    host = {
+        "views": [
+            rng.integers(0, 256, (GLOBAL_BATCH, size, size, 3), dtype=np.uint8)
+            for _ in range(num_views)
+        ],
+        "label": rng.integers(0, NUM_CLASSES, (GLOBAL_BATCH,), dtype=np.int32),
+    }
+    return parallel.to_global(host, mesh)
+
+
+def grads(training, state, global_batch, mesh=None):
+    fn = functools.partial(
+        train.loss_and_grads, net=training.net, method=training.method, mesh=mesh
+    )
+    return jax.jit(lambda s, b: fn(s, b)[1])(state, global_batch)
+
+
+@functools.cache
+def two_steps(method: str, num_devices: int, overrides: tuple = ()) -> dict:
+    """Initial state, gradients, the states after 1 and 2 steps and the metrics, on the host."""
+    mesh, training, state, step = setup(method, num_devices, overrides)
+    b = batch(mesh, len(training.recipes))
+    g = grads(training, state, b, mesh)
+    state1, metrics1 = step(state, b)
+    state2, metrics2 = step(state1, b)  # sees updated BN statistics, momentum, EMA and queue
+    return jax.device_get(
+        dict(
+            state0=state,
+            grads=g,
+            state1=state1,
+            state2=state2,
+            metrics1=metrics1,
+            metrics2=metrics2,
+        )  # fmt: skip
+    )
+
+
+def assert_trees_close(a, b, rtol=RTOL, atol=ATOL):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+def assert_eight_devices_equal_one(method: str, overrides: tuple = ()) -> None:
+    """Loss, metrics, gradients, parameters, BN statistics, optimiser and extra state."""
+    one, eight = two_steps(method, 1, overrides), two_steps(method, 8, overrides)
+    for key in one["metrics2"]:
+        np.testing.assert_allclose(
+            eight["metrics2"][key], one["metrics2"][key], rtol=1e-5, atol=1e-6, err_msg=key
+        )
+    assert_trees_close(eight["grads"], one["grads"])
+    for name in ("params", "batch_stats", "opt_state", "extra"):
+        assert_trees_close(getattr(eight["state2"], name), getattr(one["state2"], name))
+
+
+def loss_gradient_wrt(method: str, wrt: str):
+    """d loss / d (extra | outputs) for one batch, on 1 device: what stop_gradient must zero."""
+    mesh, training, state, _ = setup(method, 1)
+    b = batch(mesh, len(training.recipes))
+    net, m = training.net, training.method
+
+    def apply_target(variables, views):
+        outputs, mutated = net.apply(
+            variables, views, train=True, method="target", mutable=["batch_stats"]
+        )
+        return jax.lax.stop_gradient(outputs), mutated["batch_stats"]
+
+    def outputs_of(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        return net.apply(variables, b["views"], train=True, mutable=["batch_stats"])[0]
+
+    def loss(outputs, extra):
+        inputs = StepInputs(b["views"], extra, jax.random.PRNGKey(0), state.step, apply_target)
+        return m.loss(outputs, inputs)[0]
+
+    outputs = outputs_of(state.params)
+    if wrt == "extra":
+        return jax.grad(lambda e: loss(outputs, e))(state.extra)
+    return jax.grad(lambda o: loss(o, state.extra))(outputs)
+
+
+# ------------------------------------------------------------------ the command line, end to end
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(method: str, workdir: str, *overrides: str, devices: int = 8):
+    """`python -m ssl_jax.main --config=configs/<method>.py:runlocal` as a user runs it."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")  # fmt: skip
+    config = os.path.join(REPO, "configs", f"{method}.py")
+    cmd = [sys.executable, "-m", "ssl_jax.main", f"--config={config}:runlocal",
+           f"--workdir={workdir}", *overrides]  # fmt: skip
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def losses_by_step(workdir: str) -> dict[int, float]:
+    """The last logged loss for each step (a resumed run re-logs the steps it redoes)."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if "loss" in record:
+                out[record["step"]] = record["loss"]
+    return out
+
+
+def assert_resume_reproduces_losses(method: str, tmp_path) -> str:
+    """Run 4 steps (checkpoints at 2 and 4); then, as if killed after the step-2 checkpoint,
+    drop everything after it and rerun: the resumed run must log the same losses at steps 3-4.
+    Returns the uninterrupted workdir (its export is the trained encoder)."""
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    result = run_cli(method, full)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shutil.copytree(full, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
+    shutil.rmtree(os.path.join(resumed, "export"))
+    os.remove(os.path.join(resumed, "results.json"))
+    with open(os.path.join(resumed, "metrics.jsonl")) as f:  # the log as of the kill
+        kept = [line for line in f if '"step": 3' not in line and '"step": 4' not in line]
+    with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
+        f.writelines(kept)
+    result = run_cli(method, resumed)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming at step 2" in result.stdout
+    a, b = losses_by_step(full), losses_by_step(resumed)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    np.testing.assert_allclose([b[s] for s in (3, 4)], [a[s] for s in (3, 4)], rtol=1e-5)
+    return full
