@@ -87,3 +87,38 @@ def test_non_finite_loss_is_one_line_and_exit_status_3(tmp_path):
     assert result.returncode == 3
     assert "error: loss became nan at step" in result.stderr.lower()
     assert "Traceback" not in result.stderr
+
+
+# Method settings that cannot run: caught by Method.validate in set_up, before the data is read,
+# the workdir is created or a model is built; the line says which value and what would work.
+BAD_METHOD_SETTINGS = {
+    "mocov2_queue_not_a_multiple_of_the_batch": (
+        "mocov2.py",
+        "--config.queue_size=100",
+        ["queue_size=100", "32 keys", "--config.queue_size=96"],
+    ),
+    "byol_ema_rate_above_one": (
+        "byol.py",
+        "--config.ema.tau_base=1.5",
+        ["ema.tau_base=1.5", "[0, 1]"],
+    ),
+    "barlow_twins_negative_lambd": ("barlow_twins.py", "--config.lambd=-1", ["lambd=-1", ">= 0"]),
+    "vicreg_negative_std_coeff": ("vicreg.py", "--config.std_coeff=-1", ["std_coeff=-1", ">= 0"]),
+    "simclr_zero_temperature": ("simclr.py", "--config.temperature=0", ["temperature=0", "> 0"]),
+    "unknown_method": (
+        "simclr.py",
+        "--config.method=nonsense",
+        ["'nonsense'", "simclr", "mocov2", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_METHOD_SETTINGS))
+def test_bad_method_setting_fails_before_any_work(tmp_path, case):
+    config_file, override, fragments = BAD_METHOD_SETTINGS[case]
+    workdir = tmp_path / "run"
+    config = f"{os.path.join(REPO, 'configs', config_file)}:runlocal"
+    result = run_cli(f"--workdir={workdir}", override, config=config)
+    assert_one_line_error(result, *fragments)
+    assert result.returncode == 2  # a user error, as for the other bad settings
+    assert not (workdir / "config.json").exists() and not (workdir / "checkpoints").exists()

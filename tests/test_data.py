@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ssl_jax import data
 from ssl_jax.data import augment, sources
@@ -165,6 +165,143 @@ def test_eval_view_centre_crop():
     np.testing.assert_array_equal(
         augment.eval_view(big, 35).numpy(), _resized(big[15:85, 5:75], 35)
     )
+
+
+# Colour jitter with brightness alone, always applied: the explicit tuple overrides the strength
+# (s = 1 would also jitter contrast, saturation and hue, and brightness by 0.8).
+BRIGHTNESS_ONLY = dict(
+    PLAIN, color_jitter_prob=1.0, color_jitter_strength=1.0, color_jitter=(0.4, 0.0, 0.0, 0.0)
+)
+
+
+def _flat(value, side=8):
+    return np.full((side, side, 3), value, np.uint8)
+
+
+def _levels(low, high, side=8):
+    """Top half `low`, bottom half `high`: grey, so only brightness can change it."""
+    return np.concatenate([_flat(low, side)[: side // 2], _flat(high, side)[side // 2 :]])
+
+
+def test_color_jitter_tuple_overrides_strength():
+    assert augment.jitter_strengths(augment.parse_recipe(dict(size=8))) == (0.8, 0.8, 0.8, 0.2)
+    half = augment.parse_recipe(dict(size=8, color_jitter_strength=0.5))
+    assert augment.jitter_strengths(half) == (0.4, 0.4, 0.4, 0.1)
+    explicit = augment.parse_recipe(dict(size=8, color_jitter=[0.4, 0.4, 0.2, 0.1]))
+    assert augment.jitter_strengths(explicit) == (0.4, 0.4, 0.2, 0.1)
+    assert explicit.color_jitter == (0.4, 0.4, 0.2, 0.1)  # a list is stored as a tuple
+
+
+def test_multiplicative_brightness_scales_by_a_uniform_factor():
+    n = 1000
+    recipe = dict(BRIGHTNESS_ONLY, size=8, brightness_mode="multiplicative")
+    views = _views(_flat(100), recipe, n).astype(int)
+    assert np.all(views == views[:, :1, :1, :1])  # still flat: one factor for every pixel
+    values = views[:, 0, 0, 0]  # 100 x factor, rounded
+    assert values.min() >= 60 and values.max() <= 140  # factor in [1 - 0.4, 1 + 0.4]
+    assert values.min() <= 62 and values.max() >= 138  # and the whole range is reached
+    # Factor ~ U(0.6, 1.4): mean 1 (sd of the mean 0.007), sd 0.8 / sqrt(12) = 0.231, and each
+    # of 8 bins of width 0.1 holds 1/8 of the views (binomial sd 0.0105).
+    factors = values / 100
+    assert abs(factors.mean() - 1.0) < 0.03
+    assert abs(factors.std() - 0.8 / np.sqrt(12)) < 0.02
+    counts, _ = np.histogram(values, bins=8, range=(60, 140))
+    np.testing.assert_allclose(counts / n, 1 / 8, atol=0.045)
+    # A scale, not a shift: black stays black, and two grey levels keep their 1 : 2 ratio.
+    assert np.all(_views(_flat(0), recipe, 200) == 0)
+    two = _views(_levels(50, 100), recipe, 200).astype(int)
+    low, high = two[:, 0, 0, 0], two[:, -1, 0, 0]
+    assert np.all(np.abs(high - 2 * low) <= 1)
+    assert high.min() < 65 and high.max() > 135
+
+
+def test_additive_brightness_shifts_by_at_most_b():
+    n = 600
+    recipe = dict(BRIGHTNESS_ONLY, size=8, brightness_mode="additive")
+    views = _views(_flat(128), recipe, n).astype(int)
+    assert np.all(views == views[:, :1, :1, :1])
+    shifts = views[:, 0, 0, 0] - 128  # 255 x U(-0.4, 0.4), rounded: within +-102
+    assert np.abs(shifts).max() <= round(0.4 * 255)
+    assert shifts.min() < -95 and shifts.max() > 95
+    assert abs(shifts.mean()) < 8  # sd 204 / sqrt(12) = 58.9; sd of the mean 2.4
+    # A shift, not a scale: two grey levels keep their difference, and black moves up whenever
+    # the shift is positive (half the time), by up to 102.
+    two = _views(_levels(110, 140), recipe, 200).astype(int)
+    assert np.all(np.abs(two[:, -1, 0, 0] - two[:, 0, 0, 0] - 30) <= 1)
+    black = _views(_flat(0), recipe, 300)
+    lifted = np.any(black > 0, axis=(1, 2, 3))
+    assert abs(lifted.mean() - 0.5) < 0.1  # binomial sd 0.029
+    assert 90 < black.max() <= 102
+    # additive is the default mode
+    default = dict(BRIGHTNESS_ONLY, size=8)
+    np.testing.assert_array_equal(_views(_flat(0), default, 100), black[:100])
+
+
+def test_solarize_inverts_from_128_as_pil():
+    ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)  # 0..255
+    v = ramp.astype(int)
+    expected = np.where(v < 128, v, 255 - v)
+    pil = np.asarray(ImageOps.solarize(Image.fromarray(ramp), threshold=128)).astype(int)
+    np.testing.assert_array_equal(pil, expected)  # the reference: PIL inverts v >= 128
+    recipe = dict(PLAIN, size=16, solarize_prob=1.0)
+    solar = augment.augment_view(ramp, tf.constant([0, 1]), recipe).numpy().astype(int)
+    assert np.abs(solar - expected).max() <= 1
+    # At the threshold exactly: 127 is kept, 128 becomes 127, 255 becomes 0.
+    assert solar[v == 127].tolist() == [127] * 3
+    assert solar[v == 128].tolist() == [127] * 3
+    assert solar[v == 255].tolist() == [0] * 3 and solar[v == 0].tolist() == [0] * 3
+    # solarize_prob 0.2: a fifth of the views change, each either untouched or solarised.
+    views = _views(ramp, dict(recipe, solarize_prob=0.2), 1000).astype(int)
+    changed = np.any(views != v, axis=(1, 2, 3))
+    assert np.all(np.abs(views[changed] - expected).max(axis=(1, 2, 3)) <= 1)
+    assert abs(changed.mean() - 0.2) < 0.04  # binomial sd 0.013
+
+
+@pytest.mark.parametrize(
+    "values,fragments",
+    [
+        (dict(color_jitter=(0.4, 0.4, 0.2)), ["color_jitter", "(0.4, 0.4, 0.2)"]),
+        (dict(color_jitter=(0.4, 0.4, 0.2, 0.1, 0.1)), ["color_jitter"]),
+        (dict(color_jitter=(0.4, -0.1, 0.2, 0.1)), ["color_jitter", ">= 0"]),
+        (dict(color_jitter=(0.4, 0.4, 0.2, 0.6)), ["color_jitter", "hue <= 0.5"]),
+        (dict(brightness_mode="exponential"), ["exponential", "additive", "multiplicative"]),
+        (dict(brightness_mode="Multiplicative"), ["brightness_mode"]),
+    ],
+)
+def test_color_jitter_and_brightness_mode_validation(values, fragments):
+    with pytest.raises(UserError) as info:
+        augment.parse_recipe(dict(size=8, **values))
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    with pytest.raises(UserError):  # augment_view validates too
+        augment.augment_view(_flat(0), tf.constant([0, 1]), dict(size=8, **values))
+
+
+def test_color_jitter_valid_edges():
+    for jitter in ((), (0, 0, 0, 0), (1.0, 1.0, 1.0, 0.5)):
+        assert augment.parse_recipe(dict(size=8, color_jitter=jitter)).color_jitter == jitter
+
+
+def test_byol_asymmetric_view_recipes():
+    from configs import byol
+
+    config = byol.get_config("imagenet")
+    assert tuple(config.views) == ("view1", "view2")
+    view1, view2 = (augment.parse_recipe(config.augment[name]) for name in config.views)
+    assert (view1.blur_prob, view2.blur_prob) == (1.0, 0.1)
+    assert (view1.solarize_prob, view2.solarize_prob) == (0.0, 0.2)
+    for view in (view1, view2):  # the shared part: deepmind-research byol/utils/augmentations.py
+        assert view.size == 224
+        assert view.brightness_mode == "multiplicative"
+        assert augment.jitter_strengths(view) == (0.4, 0.4, 0.2, 0.1)
+        assert view.color_jitter_prob == 0.8 and view.grayscale_prob == 0.2
+        assert view.crop_area == (0.08, 1.0) and view.flip_prob == 0.5
+        assert view.blur_sigma == (0.1, 2.0) and view.blur_kernel_fraction == 0.1
+    # The views follow image_size, and a recipe from the config runs.
+    config.image_size = 24
+    assert augment.parse_recipe(config.augment.view2).size == 24
+    view = augment.augment_view(_colourful(30, 40), tf.constant([0, 1]), config.augment.view2)
+    assert view.shape == (24, 24, 3) and view.dtype == tf.uint8
 
 
 # ---------------------------------------------------------------- pipeline

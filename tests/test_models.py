@@ -33,6 +33,33 @@ def test_full_width_resnet_parameter_counts():
         assert count(variables["params"]) == expected
 
 
+def test_backbone_param_count_matches_torchvision():
+    """torchvision's resnet18 / resnet50 without `fc`, counted from shapes (jax.eval_shape)."""
+    for depth, expected in ((18, 11_176_512), (50, 23_508_032)):
+        net = models.ResNet(depth=depth, width=1.0, cifar_stem=False)
+        assert models.backbone_param_count(net) == expected
+    net = models.ResNet(depth=18, width=1.0, cifar_stem=False)
+    assert models.backbone_param_count(net, image_size=64) == 11_176_512  # any input size
+    # The CIFAR stem's first conv is 3x3 instead of 7x7: 3 * 64 * (49 - 9) fewer weights.
+    cifar = models.ResNet(depth=18, width=1.0, cifar_stem=True)
+    assert models.backbone_param_count(cifar, image_size=32) == 11_176_512 - 3 * 64 * 40
+
+
+def test_param_count_of_arrays_and_shapes():
+    tree = {
+        "a": jnp.zeros((3, 4)),
+        "b": {"c": np.zeros(5), "d": jax.ShapeDtypeStruct((2, 3, 7), jnp.float32)},
+        "e": jnp.zeros(()),  # a scalar counts once
+    }
+    assert models.param_count(tree) == 12 + 5 + 42 + 1
+    assert models.param_count({}) == 0 and type(models.param_count(tree)) is int
+    # Counting real parameters and counting their shapes agree.
+    head = models.MLPHead(hidden_dim=32, out_dim=8, num_layers=2)
+    params = head.init(jax.random.PRNGKey(0), jnp.ones((4, 16)))["params"]
+    shapes = jax.eval_shape(head.init, jax.random.PRNGKey(0), jnp.ones((4, 16)))["params"]
+    assert models.param_count(params) == models.param_count(shapes) == count(params) > 16 * 32
+
+
 def test_stem_chosen_by_image_size():
     config = simclr.get_config("runlocal")
     config.image_size = 32
