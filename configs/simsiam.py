@@ -56,6 +56,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.predictor.out_dim = 512
     elif preset == "runlocal":
         config.projector.hidden_dim = config.projector.out_dim = 32
-        config.predictor.hidden_dim = 8
+        config.predictor.hidden_dim = 16
         config.predictor.out_dim = 32
     return config_base.finish_preset(config, preset)

@@ -16,7 +16,8 @@ Conventions the trainer relies on:
 - `network()` returns a Linen module with a submodule named `backbone` (the encoder that is
   evaluated and exported) whose `__call__(views, train)` takes the list of uint8 view batches,
   one [B, H, W, 3] array per recipe, and returns a dict with at least
-    "features":  [V * B, D] backbone features, views stacked in recipe order;
+    "features":  [V * B, D] backbone features of the views it encodes (all, or the first
+                 `online_views`), stacked in recipe order; the first B rows are view 1;
     "embedding": [B, P] the method's embedding of the first view (for health metrics).
   Networks with an EMA target also define `target(views, train)`, the branch the target has
   (methods/network.py: backbone and projector, no predictor).
