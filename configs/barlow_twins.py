@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.projector.hidden_dim = config.projector.out_dim = 2048
     elif preset == "demo":
         config.batch_size = 128
-        config.total_steps = 500
+        config.total_steps = 400
         config.base_lr = 0.3
         config.weight_decay = 1e-4
         config.warmup_epochs = 0.5

@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.ema.tau_base = 0.99
     elif preset == "demo":
         config.batch_size = 128
-        config.total_steps = 500
+        config.total_steps = 300
         config.base_lr = 1.0
         config.weight_decay = 1e-5
         config.warmup_epochs = 0.5

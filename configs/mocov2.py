@@ -32,15 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # Key encoder momentum 0.999, constant (tau_final = tau_base); copied at start.
     config.ema = ml_collections.ConfigDict(dict(tau_base=0.999, tau_final=0.999, copy_init=True))
-    # --aug-plus: crop 0.2-1, CJ (0.4, 0.4, 0.4, 0.1) p 0.8 (torchvision: multiplicative
-    # brightness), grey 0.2, blur p 0.5, flip.
-    config.augment.mocov2 = config_base.view_recipe(
-        config.get_ref("image_size"),
-        crop_area=(0.2, 1.0),
-        color_jitter=(0.4, 0.4, 0.4, 0.1),
-        brightness_mode="multiplicative",
-    )
-    config.views = ("mocov2", "mocov2")
+    # --aug-plus: crop 0.2-1, CJ (0.4, 0.4, 0.4, 0.1) p 0.8, grey 0.2, blur p 0.5, flip.
+    config_base.mocov2_views(config, "mocov2")
 
     if preset == "cifar10":
         # solo-learn mocov2plus.yaml: ResNet-18, SGD lr 0.3 x B/256, wd 1e-4, t 0.2, EMA
@@ -56,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.ema.tau_final = 0.999
     elif preset == "demo":
         config.batch_size = 128
-        config.total_steps = 500
+        config.total_steps = 400
         config.base_lr = 0.3
         config.warmup_epochs = 0.5
         config.queue_size = 4096

@@ -29,13 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.predictor = ml_collections.ConfigDict(dict(hidden_dim=512, out_dim=2048, num_layers=2))
     # MoCo v2's augmentation (main_simsiam.py).
-    config.augment.simsiam = config_base.view_recipe(
-        config.get_ref("image_size"),
-        crop_area=(0.2, 1.0),
-        color_jitter=(0.4, 0.4, 0.4, 0.1),
-        brightness_mode="multiplicative",
-    )
-    config.views = ("simsiam", "simsiam")
+    config_base.mocov2_views(config, "simsiam")
 
     if preset == "cifar10":
         # solo-learn simsiam.yaml: ResNet-18, B 256, SGD lr 0.5 x B/256, wd 1e-5, projector
@@ -48,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.augment.simsiam.crop_area = (0.08, 1.0)
     elif preset == "demo":
         config.batch_size = 128
-        config.total_steps = 500
+        config.total_steps = 400
         config.base_lr = 0.5
         config.weight_decay = 1e-5
         config.projector.hidden_dim = config.projector.out_dim = 512

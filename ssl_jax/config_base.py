@@ -88,6 +88,19 @@ def byol_views(config: ml_collections.ConfigDict, **values) -> None:
     config.views = ("view1", "view2")
 
 
+def mocov2_views(config: ml_collections.ConfigDict, name: str) -> None:
+    """MoCo v2's --aug-plus (facebookresearch/moco main_moco.py), also SimSiam's: crop 0.2-1,
+    colour jitter (0.4, 0.4, 0.4, 0.1) p 0.8 (torchvision: multiplicative brightness), grey 0.2,
+    blur p 0.5, flip; the same recipe for both views."""
+    config.augment[name] = view_recipe(
+        config.get_ref("image_size"),
+        crop_area=(0.2, 1.0),
+        color_jitter=(0.4, 0.4, 0.4, 0.1),
+        brightness_mode="multiplicative",
+    )
+    config.views = (name, name)
+
+
 def small_image_views(config: ml_collections.ConfigDict) -> None:
     """32 px data: no blur (every CIFAR recipe of the anchors drops it)."""
     for recipe in config.augment.values():

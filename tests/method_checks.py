@@ -101,6 +101,28 @@ def assert_trees_close(a, b, rtol=RTOL, atol=ATOL):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol + rtol * scale)
 
 
+def assert_ema_steps(run, tau_of_step):
+    """After each step: target = tau * old target + (1 - tau) * NEW online parameters."""
+    for before, after, step in (("state0", "state1", 0), ("state1", "state2", 1)):
+        tau = np.float32(tau_of_step(step))
+        old = run[before].extra["target"]["params"]
+        online = {k: run[after].params[k] for k in old}
+        expected = jax.tree.map(
+            lambda t, o, tau=tau: tau * t + (np.float32(1) - tau) * o, old, online
+        )
+        assert_trees_close(run[after].extra["target"]["params"], expected, rtol=1e-6, atol=1e-8)
+        # The check has power: "no update" would fail it. The projector moves everywhere; inside
+        # residual blocks the zero-initialised last BN scale gives zero gradients at step 0.
+        moved = {
+            jax.tree_util.keystr(path): not np.allclose(e, t, rtol=1e-6, atol=1e-8)
+            for (path, e), t in zip(
+                jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(old), strict=True
+            )
+        }
+        assert all(v for k, v in moved.items() if k.startswith("['projector']")), moved
+        assert sum(moved.values()) >= len(moved) // 3, (step, moved)
+
+
 def assert_eight_devices_equal_one(method: str, overrides: tuple = ()) -> None:
     """Loss, metrics, gradients, parameters, BN statistics, optimiser and extra state."""
     one, eight = two_steps(method, 1, overrides), two_steps(method, 8, overrides)
