@@ -33,6 +33,8 @@ import importlib.util
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import time
 
@@ -58,6 +60,32 @@ from ssl_jax import data, parallel, train  # noqa: E402
 
 CIFAR10_TRAIN_EXAMPLES = 50_000
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+# jaxlib 0.10 on CPU hands every convolution to YNNPACK unless this flag says otherwise. The
+# forms the matrix compares (XLA_FLAGS is read once, when the backend starts, so each setting
+# needs its own process):
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+XLA_SETTINGS = {
+    "default": "",  # jaxlib's own choice: convolutions in YNNPACK
+    "-individual_convolution": f"{YNN_FLAG}=-individual_convolution",  # convs back to Eigen
+    "empty": f"{YNN_FLAG}=",  # every YNN fusion off
+}
+MATRIX_MARK = "THROUGHPUT_MATRIX_RESULT "  # a worker's result line on stdout
+
+
+def xla_setting(flags: str | None = None) -> str:
+    """The YNN fusion setting in XLA_FLAGS (the last one wins, as in XLA): a key of XLA_SETTINGS,
+    or the flag's value when it is some other form."""
+    flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+    value = None
+    for token in flags.split():
+        if token.startswith(YNN_FLAG + "="):
+            value = token[len(YNN_FLAG) + 1 :]
+    if value is None:
+        return "default"
+    if value == "":
+        return "empty"
+    return value
 
 
 def simclr_config_module():
@@ -122,11 +150,13 @@ def benchmark_jax_step(config, *, num_classes: int, num_examples: int, steps: in
     for _ in range(warmup):
         state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics) if warmup else state)
+    usage = process_usage()
     start = time.perf_counter()
     for _ in range(steps):
         state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - start
+    usage = process_usage(since=usage)
 
     return {
         "images_per_sec": config.batch_size * steps / elapsed,
@@ -135,6 +165,34 @@ def benchmark_jax_step(config, *, num_classes: int, num_examples: int, steps: in
         "peak_bytes": _device_peak_bytes(),
         "compiled_bytes": _compiled_bytes(compiled),
         "final_loss": float(metrics["loss"]),
+        # CPU seconds of every thread of this process over the timed steps, and the seconds its
+        # threads were runnable but waiting for a core (other processes on the host).
+        "cpu_s": usage["cpu_s"],
+        "runqueue_wait_s": usage["runqueue_wait_s"],
+    }
+
+
+def process_usage(since: dict | None = None) -> dict:
+    """CPU time and run-queue wait of this process (all threads) so far, or since `since`.
+
+    On a shared host, wall time counts the time other processes held the cores; CPU time does
+    not, and the run-queue wait (Linux schedstat) says how much waiting there was.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    now = {"cpu_s": usage.ru_utime + usage.ru_stime, "runqueue_wait_s": None}
+    try:
+        wait_ns = 0
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                wait_ns += int(f.read().split()[1])
+        now["runqueue_wait_s"] = wait_ns / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    if since is None:
+        return now
+    return {
+        key: None if now[key] is None or since[key] is None else now[key] - since[key]
+        for key in now
     }
 
 
@@ -215,6 +273,7 @@ def run_step_rows(args) -> list[dict]:
             "batch_size": config.batch_size,
             "dtype": config.dtype,
             "optimizer": config.optimizer,
+            "xla_setting": xla_setting(),
             "jax": benchmark_jax_step(
                 config,
                 num_classes=row["num_classes"],
@@ -295,6 +354,290 @@ def run_pipeline_rows(args) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------ setting matrix
+#
+# --matrix: every (row, threads, XLA setting) cell in a process of its own, because XLA_FLAGS is
+# read once per process. The child gets SSL_JAX_CPU_XLA_FLAGS=off (ssl_jax then leaves XLA_FLAGS
+# alone) and exactly the measured flag form in XLA_FLAGS. "pinned" cells run on one core
+# (`taskset -c N`): XLA's intra-op pool sizes itself from the affinity
+# mask, and torch gets set_num_threads(1).
+
+MATRIX_MODELS = {
+    # name: (row label, depth, px, CIFAR stem, config preset)
+    "r18": ("ResNet-18 (CIFAR stem)", 18, 32, True, "cifar10"),
+    "r50": ("ResNet-50", 50, 224, False, None),
+}
+
+
+def _matrix_config(model: str, batch: int, width: float, dtype: str):
+    label, depth, px, cifar_stem, preset = MATRIX_MODELS[model]
+    config = simclr_config_module().get_config(preset)
+    config.model.name, config.model.width = f"resnet{depth}", width
+    config.batch_size, config.dtype = batch, dtype
+    assert config.image_size == px, (config.image_size, px)
+    classes, examples = (
+        (10, CIFAR10_TRAIN_EXAMPLES) if model == "r18" else (1000, IMAGENET_TRAIN_EXAMPLES)
+    )
+    return config, classes, examples
+
+
+def _xla_thread_count() -> int:
+    """Threads of XLA's CPU intra-op pool (named tf_XLAEigen) in this process."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                count += f.read().strip().startswith("tf_XLAEigen")
+        except OSError:
+            pass
+    return count
+
+
+def matrix_worker(spec: dict) -> None:
+    """One JAX cell, in this (child) process: prints MATRIX_MARK + a JSON result line."""
+    config, classes, examples = _matrix_config(
+        spec["model"], spec["batch"], spec["width"], spec["dtype"]
+    )
+    result = benchmark_jax_step(
+        config,
+        num_classes=classes,
+        num_examples=examples,
+        steps=spec["steps"],
+        warmup=spec["warmup"],
+    )
+    result.update(
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+        xla_setting=xla_setting(),
+        affinity=sorted(os.sched_getaffinity(0)),
+        xla_threads=_xla_thread_count(),
+        jax_version=jax.__version__,
+    )
+    print(MATRIX_MARK + json.dumps(result), flush=True)
+
+
+def _run_child(cmd: list[str], env: dict, pin: int | None, timeout: float) -> tuple[dict, float]:
+    """Runs cmd (pinned to CPU `pin` if given); its last MATRIX_MARK or JSON line, and wall s."""
+    if pin is not None:
+        # taskset rather than a preexec_fn: this process may already run JAX's threads, and
+        # Python code between fork and exec can then deadlock.
+        cmd = ["taskset", "-c", str(pin), *cmd]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    for line in reversed(proc.stdout.splitlines()):
+        line = line.removeprefix(MATRIX_MARK)
+        if line.startswith("{"):
+            return json.loads(line), wall
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"exit {proc.returncode}: {tail[:200]}"}, wall
+
+
+def matrix_cells(args) -> list[dict]:
+    """The cells in run order: per row, per thread setting, the XLA settings and then torch, so
+    the numbers compared with each other are measured close together in time."""
+    settings = [s for s in args.matrix_settings.split(",") if s]
+    pinned_settings = [s for s in args.matrix_pinned_settings.split(",") if s]
+    for name in settings + pinned_settings:
+        if name not in XLA_SETTINGS:
+            raise SystemExit(f"unknown XLA setting {name!r}; one of {', '.join(XLA_SETTINGS)}")
+    cells = []
+    for row in args.matrix_rows.split(","):
+        model, batch = row.split(":")
+        if model not in MATRIX_MODELS:
+            raise SystemExit(f"--matrix_rows: unknown model {model!r} in {row!r}")
+        for pin, names in ((None, settings), (args.pin_cpu, pinned_settings)):
+            base = dict(model=model, batch=int(batch), pin=pin)
+            cells += [dict(base, kind="jax", setting=name) for name in names]
+            if not args.skip_torch:
+                cells.append(dict(base, kind="torch", setting=None))
+    return cells
+
+
+def _cell_key(kind, depth, width, batch, pinned: bool, setting) -> tuple:
+    return (kind, depth, float(width), batch, pinned, setting)
+
+
+def run_matrix(args, on_progress=None, done: list[dict] | None = None) -> list[dict]:
+    """Times the cells; `done` (cells of an earlier run, --resume) are kept, not re-run, and
+    those of them outside this run's cells are kept as well."""
+    cells = matrix_cells(args)
+    dtype = args.dtype or "float32"
+    all_threads = len(os.sched_getaffinity(0))
+    kept = {
+        _cell_key(
+            c["kind"],
+            c["depth"],
+            c["width"],
+            c["batch_size"],
+            c["pinned_cpu"] is not None,
+            c["xla_setting"],
+        ): c
+        for c in done or []
+        if "error" not in c["result"] and c.get("dtype") == dtype
+    }
+    results = []
+    for i, cell in enumerate(cells):
+        label, depth, px, cifar_stem, _ = MATRIX_MODELS[cell["model"]]
+        width = args.r18_width if cell["model"] == "r18" else 1.0
+        threads = 1 if cell["pin"] is not None else all_threads
+        key = _cell_key(
+            cell["kind"], depth, width, cell["batch"], cell["pin"] is not None, cell["setting"]
+        )
+        if key in kept:
+            print(f"[{i + 1}/{len(cells)}] kept from the earlier run: {key}", file=sys.stderr)
+            earlier = kept.pop(key)
+            results.append(dict(earlier, steps=earlier.get("steps", args.steps)))
+            continue
+        env = dict(os.environ, SSL_JAX_CPU_XLA_FLAGS="off", TF_CPP_MIN_LOG_LEVEL="2")
+        if cell["kind"] == "jax":
+            env["XLA_FLAGS"] = XLA_SETTINGS[cell["setting"]]
+            spec = dict(
+                model=cell["model"],
+                batch=cell["batch"],
+                width=width,
+                dtype=dtype,
+                steps=args.steps,
+                warmup=args.warmup,
+            )
+            cmd = [sys.executable, os.path.abspath(__file__), "--matrix_worker", json.dumps(spec)]
+        else:
+            cmd = [
+                sys.executable,
+                os.path.join(ROOT, "benchmarks", "torch_simclr.py"),
+                "--depth",
+                str(depth),
+                "--width",
+                str(width),
+                "--image_size",
+                str(px),
+                "--cifar_stem",
+                str(int(cifar_stem)),
+                "--batch_size",
+                str(cell["batch"]),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--threads",
+                str(threads),
+            ] + (["--amp_bf16"] if dtype == "bfloat16" else [])
+        what = (
+            f"{cell['kind']} {label} b{cell['batch']} threads {threads}"
+            + (" pinned" if cell["pin"] is not None else "")
+            + (f" XLA {cell['setting']}" if cell["setting"] else "")
+        )
+        print(f"[{i + 1}/{len(cells)}] {what} ...", file=sys.stderr, flush=True)
+        load_before = os.getloadavg()[0]
+        result, wall = _run_child(cmd, env, cell["pin"], args.matrix_timeout)
+        print(
+            f"    {result.get('images_per_sec', float('nan')):.2f} images/s, "
+            f"{wall:.0f} s wall {result.get('error', '')}",
+            file=sys.stderr,
+            flush=True,
+        )
+        results.append(
+            dict(
+                kind=cell["kind"],
+                model=label,
+                depth=depth,
+                width=width,
+                image_size=px,
+                batch_size=cell["batch"],
+                dtype=dtype,
+                threads=threads,
+                pinned_cpu=cell["pin"],
+                xla_setting=cell["setting"],
+                xla_flags=env.get("XLA_FLAGS") if cell["kind"] == "jax" else None,
+                steps=args.steps,
+                finished=datetime.datetime.now().isoformat(timespec="seconds"),
+                wall_s=wall,
+                load_avg_1min_before=load_before,
+                result=result,
+            )
+        )
+        if on_progress is not None:
+            on_progress(results + list(kept.values()))
+    # Earlier cells outside this run's list stay in the results too.
+    return results + list(kept.values())
+
+
+def _per_cpu_s(result: dict | None, cell: dict) -> float | None:
+    """Images per CPU-second of the timed steps (None where not measured)."""
+    if not result or "error" in result or not result.get("cpu_s"):
+        return None
+    steps = result.get("steps") or cell.get("steps")
+    return cell["batch_size"] * steps / result["cpu_s"] if steps else None
+
+
+def matrix_table(cells: list[dict]) -> list[str]:
+    """Markdown rows: one per JAX cell, beside the torch cell of the same row and threads."""
+
+    def key(c):
+        return (c["model"], c["image_size"], c["batch_size"], c["threads"], c["pinned_cpu"])
+
+    torch_cells = {key(c): c["result"] for c in cells if c["kind"] == "torch"}
+    lines = [
+        "| model | px | batch | threads | XLA setting | JAX images/s | compile s | "
+        "torch images/s | JAX / torch | JAX images/CPU-s | torch images/CPU-s | "
+        "JAX / torch per CPU-s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {name: i for i, name in enumerate(XLA_SETTINGS)}
+    jax_cells = sorted(
+        (c for c in cells if c["kind"] == "jax"),
+        key=lambda c: (
+            c["depth"],
+            c["batch_size"],
+            c["pinned_cpu"] is not None,
+            order[c["xla_setting"]],
+        ),
+    )
+    seen_torch = set()
+    for c in jax_cells:
+        j, t = c["result"], torch_cells.get(key(c))
+        seen_torch.add(key(c))
+        threads = f"{c['threads']}" + (" pinned" if c["pinned_cpu"] is not None else "")
+        model = c["model"] + (f" x{c['width']:g}" if c["width"] != 1 else "")
+        jax_cells_text = (
+            [j["error"][:60], "-"]
+            if "error" in j
+            else [f"{j['images_per_sec']:,.2f}", f"{j['compile_s']:.1f}"]
+        )
+        if t is None:
+            torch_text = ["-", "-"]
+        elif "error" in t:
+            torch_text = [t["error"][:60], "-"]
+        else:
+            ratio = "-" if "error" in j else f"{j['images_per_sec'] / t['images_per_sec']:.2f}"
+            torch_text = [f"{t['images_per_sec']:,.2f}", ratio]
+        j_cpu, t_cpu = _per_cpu_s(j, c), _per_cpu_s(t, c)
+        cpu_text = [
+            "-" if j_cpu is None else f"{j_cpu:,.2f}",
+            "-" if t_cpu is None else f"{t_cpu:,.2f}",
+            "-" if j_cpu is None or t_cpu is None else f"{j_cpu / t_cpu:.2f}",
+        ]
+        lines.append(
+            f"| {model} | {c['image_size']} | {c['batch_size']} | {threads} | "
+            f"{c['xla_setting']} | " + " | ".join(jax_cells_text + torch_text + cpu_text) + " |"
+        )
+    for c in cells:  # torch cells with no JAX cell beside them
+        if c["kind"] == "torch" and key(c) not in seen_torch:
+            t = c["result"]
+            threads = f"{c['threads']}" + (" pinned" if c["pinned_cpu"] is not None else "")
+            value = t["error"][:60] if "error" in t else f"{t['images_per_sec']:,.2f}"
+            t_cpu = _per_cpu_s(t, c)
+            lines.append(
+                f"| {c['model']} | {c['image_size']} | {c['batch_size']} | {threads} | - | - | "
+                f"- | {value} | - | - | {'-' if t_cpu is None else f'{t_cpu:,.2f}'} | - |"
+            )
+    return lines
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -321,7 +664,13 @@ def _mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:,.0f}"
 
 
-def markdown(env: dict, step_rows: list[dict], pipeline_rows: list[dict], args) -> str:
+def markdown(
+    env: dict,
+    step_rows: list[dict],
+    pipeline_rows: list[dict],
+    args,
+    matrix: list[dict] | None = None,
+) -> str:
     on_accelerator = env["platform"] != "cpu"
     memory_header = (
         "peak memory MiB (allocator)" if on_accelerator else "memory MiB (compiled plan)"
@@ -334,6 +683,26 @@ def markdown(env: dict, step_rows: list[dict], pipeline_rows: list[dict], args) 
         + f" | host CPUs {env['host_cpus']} | {args.steps} timed steps after {args.warmup} warmup",
         "",
     ]
+    if args.note:
+        lines += [args.note, ""]
+    if matrix:
+        lines += [
+            "## Train step by XLA setting and threads (each cell its own process)",
+            "",
+            "images/s counts input images (the batch); each image gives two views. JAX: the "
+            "trainer's SimCLR step (LARS, online probe), PyTorch: benchmarks/torch_simclr.py "
+            "(SGD). XLA setting: what XLA_FLAGS held in the JAX process, with "
+            "SSL_JAX_CPU_XLA_FLAGS=off so ssl_jax added nothing: default = no flag "
+            "(convolutions in YNNPACK), `-individual_convolution` = "
+            f"`{YNN_FLAG}=-individual_convolution`, empty = `{YNN_FLAG}=` (every YNN fusion "
+            "off). threads: all host CPUs, or 1 pinned = the process pinned to CPU "
+            f"{args.pin_cpu} (XLA's pool then has one thread; torch.set_num_threads(1)). "
+            f"dtype {args.dtype or 'float32'}. The torch number is the same in each row of a "
+            "model and thread setting.",
+            "",
+            *matrix_table(matrix),
+            "",
+        ]
     if step_rows:
         lines += [
             "## Train step (random uint8 inputs already on device; input pipeline not timed)",
@@ -341,9 +710,9 @@ def markdown(env: dict, step_rows: list[dict], pipeline_rows: list[dict], args) 
             "images/s counts input images (the batch); each image gives two views, so the "
             "network sees twice as many. JAX uses LARS (the SimCLR config), PyTorch SGD.",
             "",
-            f"| model | px | batch | dtype | JAX images/s | JAX step ms | compile s | "
-            f"{memory_header} | torch images/s | torch step ms | JAX / torch |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| model | px | batch | dtype | XLA setting | JAX images/s | JAX step ms | "
+            f"compile s | {memory_header} | torch images/s | torch step ms | JAX / torch |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in step_rows:
             j, t = r["jax"], r.get("torch")
@@ -362,7 +731,8 @@ def markdown(env: dict, step_rows: list[dict], pipeline_rows: list[dict], args) 
             model = r["model"] + (f" x{r['width']:g}" if r["width"] != 1 else "")
             lines.append(
                 f"| {model} | {r['image_size']} | {r['batch_size']} | {r['dtype']} | "
-                f"{j['images_per_sec']:,.1f} | {j['step_ms']:,.1f} | {j['compile_s']:.1f} | "
+                f"{r.get('xla_setting', '?')} | {j['images_per_sec']:,.1f} | "
+                f"{j['step_ms']:,.1f} | {j['compile_s']:.1f} | "
                 f"{_mib(memory)} | " + " | ".join(torch_cells) + " |"
             )
         if not on_accelerator:
@@ -371,6 +741,11 @@ def markdown(env: dict, step_rows: list[dict], pipeline_rows: list[dict], args) 
                 "On CPU the memory column is XLA's plan for the compiled step "
                 "(scratch + arguments + outputs - donated buffers), not a measured peak.",
             ]
+        lines += [
+            "",
+            "XLA setting: the `" + YNN_FLAG + "` value in XLA_FLAGS when the step ran "
+            "(default: none, convolutions in YNNPACK; empty: every YNN fusion off).",
+        ]
         lines.append("")
     if pipeline_rows:
         lines += [
@@ -379,6 +754,13 @@ def markdown(env: dict, step_rows: list[dict], pipeline_rows: list[dict], args) 
             "| recipe | px | batch | examples/s | views/s | host CPUs |",
             "|---|---|---|---|---|---|",
         ]
+        carried = sorted({p["carried_from"] for p in pipeline_rows if "carried_from" in p})
+        if carried:
+            lines[-2:-2] = [
+                f"Not re-run with this table: measured {', '.join(carried)} (kept from the "
+                "previous results file).",
+                "",
+            ]
         for p in pipeline_rows:
             recipe = f"SimCLR, colour {p['color_strength']:g}, blur {p['blur_prob']:g}"
             lines.append(
@@ -414,6 +796,48 @@ def parse_args(argv=None):
         help="compute dtype of every row (default: each config's own, float32 for the CIFAR "
         "ResNet-18 and bfloat16 for the ImageNet ResNet-50); torch then uses bf16 autocast",
     )
+    parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="instead of the step rows: time every --matrix_rows x threads x XLA setting cell "
+        "in a process of its own (CPU), torch beside each row and thread setting",
+    )
+    parser.add_argument(
+        "--matrix_rows",
+        default="r18:64,r18:256,r50:16",
+        help="model:batch list; r18 = ResNet-18 CIFAR stem 32 px (width --r18_width), "
+        "r50 = ResNet-50 224 px",
+    )
+    parser.add_argument(
+        "--matrix_settings",
+        default=",".join(XLA_SETTINGS),
+        help=f"XLA settings on all host CPUs, from {', '.join(XLA_SETTINGS)}",
+    )
+    parser.add_argument(
+        "--matrix_pinned_settings",
+        default=",".join(XLA_SETTINGS),
+        help="XLA settings on one pinned core (empty string: no pinned JAX cells)",
+    )
+    parser.add_argument("--pin_cpu", type=int, default=0, help="the CPU of the pinned cells")
+    parser.add_argument(
+        "--matrix_timeout", type=float, default=1800.0, help="seconds per matrix cell"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="--matrix: keep the cells already in the output .json (no error, same dtype) and "
+        "time only the missing ones (model, batch, width, threads, setting)",
+    )
+    parser.add_argument("--matrix_worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--render",
+        default=None,
+        metavar="JSON",
+        help="only rewrite the Markdown table (beside JSON, or --output) from a results .json",
+    )
+    parser.add_argument(
+        "--note", default="", help="a line printed under the table's header (e.g. host load)"
+    )
     parser.add_argument("--pipeline_batch", type=int, default=256, help="input-pipeline batch")
     parser.add_argument("--pipeline_batches", type=int, default=20, help="timed batches")
     parser.add_argument("--pipeline_warmup", type=int, default=2, help="untimed batches")
@@ -434,30 +858,93 @@ def parse_args(argv=None):
     return args
 
 
+def _previous_pipeline_rows(json_path: str) -> list[dict]:
+    """The input-pipeline rows of an earlier results file, each marked with its date."""
+    try:
+        with open(json_path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        return []
+    date = previous.get("environment", {}).get("date", "an unknown date")
+    return [
+        dict(row, carried_from=row.get("carried_from", date))
+        for row in previous.get("input_pipeline", [])
+    ]
+
+
+def _previous_matrix_cells(json_path: str) -> list[dict]:
+    try:
+        with open(json_path) as f:
+            return json.load(f).get("train_step_matrix") or []
+    except (OSError, ValueError):
+        return []
+
+
+def render(json_path: str, output: str | None) -> None:
+    """Rewrites the Markdown of a results .json (e.g. after merging runs into it)."""
+    with open(json_path) as f:
+        raw = json.load(f)
+    args = parse_args([])
+    vars(args).update(raw["args"])
+    matrix = raw.get("train_step_matrix")
+    for cell in matrix or []:
+        cell.setdefault("steps", args.steps)
+    table = markdown(raw["environment"], raw["train_step"], raw["input_pipeline"], args, matrix)
+    output = output or os.path.splitext(json_path)[0] + ".md"
+    with open(output, "w") as f:
+        f.write(table)
+    print(table)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.matrix_worker is not None:
+        matrix_worker(json.loads(args.matrix_worker))
+        return
+    if args.render is not None:
+        render(args.render, args.output)
+        return
     if args.torch_threads and torch_simclr.torch_available():
         torch_simclr.torch.set_num_threads(args.torch_threads)
     env = environment()
-    step_rows = run_step_rows(args)
-    pipeline_rows = [] if args.skip_pipeline else run_pipeline_rows(args)
-    table = markdown(env, step_rows, pipeline_rows, args)
-    print(table)
-
     output = args.output or os.path.join(
         ROOT, "benchmarks", "results", f"throughput_{env['platform']}.md"
     )
+    json_path = os.path.splitext(output)[0] + ".json"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        f.write(table)
-    raw = {
-        "environment": env,
-        "args": vars(args),
-        "train_step": step_rows,
-        "input_pipeline": pipeline_rows,
-    }
-    with open(os.path.splitext(output)[0] + ".json", "w") as f:
-        json.dump(raw, f, indent=2)
+
+    def write(step_rows, pipeline_rows, matrix, quiet=False):
+        table = markdown(env, step_rows, pipeline_rows, args, matrix)
+        if not quiet:
+            print(table)
+        with open(output, "w") as f:
+            f.write(table)
+        raw = {
+            "environment": env,
+            "args": vars(args),
+            "train_step": step_rows,
+            "input_pipeline": pipeline_rows,
+        }
+        if matrix is not None:
+            raw["train_step_matrix"] = matrix
+        with open(json_path, "w") as f:
+            json.dump(raw, f, indent=2)
+
+    if args.matrix:
+        # Keep the earlier input-pipeline rows (dated) unless they are re-run below, and write
+        # the file after every cell so that a long matrix stopped half way keeps what it timed.
+        old_pipeline = _previous_pipeline_rows(json_path) if args.skip_pipeline else []
+        done = _previous_matrix_cells(json_path) if args.resume else None
+        matrix = run_matrix(
+            args, on_progress=lambda m: write([], old_pipeline, m, quiet=True), done=done
+        )
+        step_rows = []
+        pipeline_rows = old_pipeline if args.skip_pipeline else run_pipeline_rows(args)
+    else:
+        matrix = None
+        step_rows = run_step_rows(args)
+        pipeline_rows = [] if args.skip_pipeline else run_pipeline_rows(args)
+    write(step_rows, pipeline_rows, matrix)
     print(f"wrote {output} and its .json", file=sys.stderr)
 
 

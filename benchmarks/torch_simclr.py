@@ -18,13 +18,15 @@ Both views of a batch go through the backbone as one [2B, ...] batch, so BatchNo
 cover both views, as with SimCLR's global BN on one device. The input is a fixed pair of random
 tensors already on the device: data loading and augmentation are not timed.
 
-Run (prints one JSON line for ResNet-18, CIFAR stem, width 1, 32 px, batch 256):
+Run (prints one JSON line; by default ResNet-18, CIFAR stem, width 1, 32 px, batch 256):
 
-    python benchmarks/torch_simclr.py [--steps 10] [--warmup 2] [--device cuda] [--amp_bf16]
+    python benchmarks/torch_simclr.py [--depth 50 --image_size 224 --batch_size 16] \
+        [--steps 10] [--warmup 2] [--threads 1] [--device cuda] [--amp_bf16]
 """
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -195,6 +197,27 @@ def _peak_memory_mb(device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def process_usage(since: dict | None = None) -> dict:
+    """CPU time and run-queue wait (Linux schedstat) of this process's threads, or the change
+    since `since` (the same measure as benchmarks/throughput.py's)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    now = {"cpu_s": usage.ru_utime + usage.ru_stime, "runqueue_wait_s": None}
+    try:
+        wait_ns = 0
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                wait_ns += int(f.read().split()[1])
+        now["runqueue_wait_s"] = wait_ns / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    if since is None:
+        return now
+    return {
+        key: None if now[key] is None or since[key] is None else now[key] - since[key]
+        for key in now
+    }
+
+
 def benchmark_torch_simclr(
     depth: int,
     width: float,
@@ -267,11 +290,13 @@ def benchmark_torch_simclr(
     for _ in range(warmup):
         step()
     sync()
+    usage = process_usage()
     start = time.perf_counter()
     for _ in range(steps):
         loss = step()
     sync()
     elapsed = time.perf_counter() - start
+    usage = process_usage(since=usage)
 
     return {
         "images_per_sec": batch_size * steps / elapsed,
@@ -281,6 +306,9 @@ def benchmark_torch_simclr(
         "num_threads": torch.get_num_threads(),
         "device": str(dev),
         "final_loss": float(loss),
+        # CPU seconds of all threads over the timed steps, and their run-queue wait (shared host)
+        "cpu_s": usage["cpu_s"],
+        "runqueue_wait_s": usage["runqueue_wait_s"],
         "depth": depth,
         "width": width,
         "image_size": image_size,
@@ -295,19 +323,37 @@ def benchmark_torch_simclr(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=18, choices=sorted(_STAGES))
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument(
+        "--cifar_stem",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="1: CIFAR stem, 0: ImageNet stem (default: CIFAR stem at 64 px and below)",
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)"
+    )
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--amp_bf16", action="store_true")
     args = parser.parse_args(argv)
+    if not torch_available():
+        raise SystemExit("torch_simclr.py needs PyTorch: pip install torch")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cifar_stem = args.image_size <= 64 if args.cifar_stem is None else bool(args.cifar_stem)
     result = benchmark_torch_simclr(
-        depth=18,
-        width=1.0,
-        image_size=32,
+        depth=args.depth,
+        width=args.width,
+        image_size=args.image_size,
         batch_size=args.batch_size,
-        cifar_stem=True,
+        cifar_stem=cifar_stem,
         steps=args.steps,
         warmup=args.warmup,
         device=args.device,
