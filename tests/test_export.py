@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from configs import simclr
-from ssl_jax import checkpoint, methods, train
+from ssl_jax import checkpoint, methods, step, train
 
 
 def test_export_computes_the_trained_encoders_features(tmp_path):
@@ -64,14 +64,14 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
 
     from ssl_jax.errors import NonFiniteLossError
 
-    real_step = train.train_step
+    real_step = step.train_step
 
     def step_going_nan_at_3(state, batch, **kwargs):
         new_state, metrics = real_step(state, batch, **kwargs)
         nan_from_3 = jnp.where(state.step + 1 >= 3, jnp.nan, 0.0)
         return new_state, {**metrics, "loss": metrics["loss"] + nan_from_3}
 
-    monkeypatch.setattr(train, "train_step", step_going_nan_at_3)
+    monkeypatch.setattr(step, "train_step", step_going_nan_at_3)  # build_training uses it
     config = simclr.get_config("runlocal")
     config.total_steps = 6
     workdir = str(tmp_path)
