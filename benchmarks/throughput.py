@@ -33,7 +33,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -172,28 +171,8 @@ def benchmark_jax_step(config, *, num_classes: int, num_examples: int, steps: in
     }
 
 
-def process_usage(since: dict | None = None) -> dict:
-    """CPU time and run-queue wait of this process (all threads) so far, or since `since`.
-
-    On a shared host, wall time counts the time other processes held the cores; CPU time does
-    not, and the run-queue wait (Linux schedstat) says how much waiting there was.
-    """
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    now = {"cpu_s": usage.ru_utime + usage.ru_stime, "runqueue_wait_s": None}
-    try:
-        wait_ns = 0
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                wait_ns += int(f.read().split()[1])
-        now["runqueue_wait_s"] = wait_ns / 1e9
-    except (OSError, ValueError, IndexError):
-        pass
-    if since is None:
-        return now
-    return {
-        key: None if now[key] is None or since[key] is None else now[key] - since[key]
-        for key in now
-    }
+# CPU seconds and run-queue wait of this process: the same accounting as the PyTorch rows.
+process_usage = torch_simclr.process_usage
 
 
 def _device_peak_bytes() -> int | None:
