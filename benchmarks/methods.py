@@ -126,7 +126,7 @@ def time_step(method: str, args, *, steps: int = 5) -> dict:
     training = train.build_training(
         config, mesh, num_classes=10, steps_per_epoch=100, num_steps=max(args.total_steps, 100)
     )
-    state = jax.jit(training.init, out_shardings=training.state_sharding)(jax.random.PRNGKey(0))
+    state = training.initial_state(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     size, batch = config.image_size, config.batch_size
     host = {

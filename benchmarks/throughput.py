@@ -127,9 +127,7 @@ def benchmark_jax_step(config, *, num_classes: int, num_examples: int, steps: in
         num_steps=train.total_steps(config, steps_per_epoch),
     )
     recipes = [config.augment[name] for name in training.method.view_recipes()]
-    state = jax.jit(training.init, out_shardings=training.state_sharding)(
-        jax.random.PRNGKey(config.seed)
-    )
+    state = training.initial_state(jax.random.PRNGKey(config.seed))
     step_fn = training.step_fn
 
     # This host's rows of the global batch, put on the mesh as the trainer puts a real batch.

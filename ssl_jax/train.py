@@ -115,7 +115,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
     state = checkpoint.restore_latest(mngr, abstract_state)
     resumed = state is not None
     if not resumed:
-        state = jax.jit(training.init, out_shardings=training.state_sharding)(rng)
+        state = training.initial_state(rng)
     run = Run(config, workdir, mesh, training, train_source, test_source, steps_per_epoch,
               num_steps, rng, resumed, mngr, is_lead)  # fmt: skip
 
@@ -219,9 +219,7 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
     results = {"step": int(state.step), "train_seconds": round(train_seconds, 1)}
     results.update(run.evaluate(state))
     if config.eval_random_init:
-        random_state = jax.jit(run.training.init, out_shardings=run.training.state_sharding)(
-            run.rng
-        )
+        random_state = run.training.initial_state(run.rng)
         baseline = run.evaluate(random_state)
         results.update({f"random_init_{k}": v for k, v in baseline.items()})
     checkpoint.export_encoder(

@@ -43,7 +43,7 @@ def setup(method: str, num_devices: int, overrides: tuple = ()):
     training = train.build_training(
         config, mesh, num_classes=NUM_CLASSES, steps_per_epoch=5, num_steps=NUM_STEPS
     )
-    state = jax.jit(training.init, out_shardings=training.state_sharding)(jax.random.PRNGKey(0))
+    state = training.initial_state(jax.random.PRNGKey(0))
     # The trainer's step donates the state; tests reuse states, so copy before each call.
     step = lambda s, b: training.step_fn(jax.tree.map(jnp.copy, s), b)  # noqa: E731
     return mesh, training, state, step

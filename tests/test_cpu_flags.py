@@ -124,7 +124,9 @@ print(json.dumps({"flags": os.environ["XLA_FLAGS"], "devices": jax.device_count(
 
 
 def run_fresh(**extra):
-    env = {k: v for k, v in os.environ.items() if k != "SSL_JAX_CPU_XLA_FLAGS"}
+    # No compilation cache: the HLO text must come from a real compile in this process.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SSL_JAX_CPU_XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}  # fmt: skip
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu", **extra)
     out = subprocess.run(
         [sys.executable, "-c", PROGRAM], env=env, cwd=REPO, capture_output=True, text=True

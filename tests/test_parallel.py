@@ -23,7 +23,7 @@ def _setup(num_devices):
     training = train.build_training(
         config, mesh, num_classes=NUM_CLASSES, steps_per_epoch=5, num_steps=10
     )
-    state = jax.jit(training.init, out_shardings=training.state_sharding)(jax.random.PRNGKey(0))
+    state = training.initial_state(jax.random.PRNGKey(0))
     grads = functools.partial(train.loss_and_grads, net=training.net, method=training.method)
     grad_fn = jax.jit(
         lambda s, b: grads(s, b)[1],
@@ -101,3 +101,24 @@ def test_online_probe_never_changes_encoder_gradients():
 def test_batch_not_divisible_by_devices_is_a_user_error():
     with pytest.raises(UserError, match="not divisible by the 8 devices"):
         parallel.check_batch_size(100, parallel.make_mesh())
+
+
+def test_initial_state_agrees_with_a_fully_optimised_compile():
+    """On CPU `initial_state` compiles the initialiser without LLVM's optimisations (it runs
+    once); its values must be those of an optimised compile, up to float32 rounding."""
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    training = train.build_training(
+        simclr.get_config("runlocal"), mesh, num_classes=NUM_CLASSES, steps_per_epoch=5,
+        num_steps=10,
+    )  # fmt: skip
+    rng = jax.random.PRNGKey(7)
+    fast = training.initial_state(rng)
+    # The tests run with jax_disable_most_optimizations: ask for full optimisation explicitly.
+    full = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+    optimised = jax.jit(training.init).lower(rng).compile(compiler_options=full)(rng)
+    leaves = jax.tree.leaves(fast)
+    assert len(leaves) > 50
+    for a, b in zip(leaves, jax.tree.leaves(optimised), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    kernel = np.asarray(fast.params["backbone"]["conv_init"]["kernel"])
+    assert 0.1 < kernel.std() < 1.0  # real random draws, not zeros

@@ -436,9 +436,7 @@ def compile_variant(name: str, model: str, batch: int, width: float):
             num_steps=train.total_steps(config, steps_per_epoch),
         )
         recipes = [config.augment[r] for r in training.method.view_recipes()]
-        state = jax.jit(training.init, out_shardings=training.state_sharding)(
-            jax.random.PRNGKey(config.seed)
-        )
+        state = training.initial_state(jax.random.PRNGKey(config.seed))
         rng = np.random.default_rng(0)
         host_batch = {
             "views": [
