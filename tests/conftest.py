@@ -12,12 +12,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole session, the command-line runs the tests start
 # included: the same tiny programs (a runlocal train step, the initialiser, orbax's slices) are
 # otherwise compiled again by every process. Keyed by program, jaxlib and flags, so sharing is safe.
+# No size limit: jax's eviction needs the optional filelock package (without it, no cache at all).
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ssl_jax_tests_jax_cache")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))  # bytes, LRU beyond
 
 import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
