@@ -155,16 +155,22 @@ class Training:
     embedding_dim: int  # width of outputs["embedding"], for the collapse monitor
 
     def initial_state(self, rng: jax.Array) -> TrainState:
-        """The initial state, sharded as `state_sharding`.
+        """The initial state, sharded as `state_sharding` (the trained run's and the random
+        baseline's share one compiled initialiser)."""
+        return self._compiled_init(rng)
 
-        On CPU the initialiser is compiled without LLVM's optimisations: it runs once, but its
-        threefry draws (one per parameter) take XLA 15-20 s to compile at full optimisation
-        on 2 cores. Measured: ResNet-18 x0.125 20.0 s -> 3.7 s; ResNet-50 compile + run
-        18.0 s -> 10.6 s. The values agree to float32 rounding (at most an ulp apart; tested)."""
-        lowered = jax.jit(self.init, out_shardings=self.state_sharding).lower(rng)
+    @functools.cached_property
+    def _compiled_init(self):
+        """On CPU the initialiser is compiled without LLVM's optimisations: it runs once or
+        twice, but its threefry draws (one per parameter) take XLA 15-20 s to compile at full
+        optimisation on 2 cores. Measured: ResNet-18 x0.125 20.0 s -> 3.7 s; ResNet-50 compile
+        + run 18.0 s -> 10.6 s. The values agree to float32 rounding (at most an ulp; tested)."""
+        lowered = jax.jit(self.init, out_shardings=self.state_sharding).lower(
+            jax.random.PRNGKey(0)  # only its shape and dtype matter here
+        )
         on_cpu = jax.devices()[0].platform == "cpu"
         options = {"xla_backend_optimization_level": 0} if on_cpu else None
-        return lowered.compile(compiler_options=options)(rng)
+        return lowered.compile(compiler_options=options)
 
 
 def build_training(config, mesh, *, num_classes: int, steps_per_epoch: int, num_steps: int):
