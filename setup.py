@@ -31,5 +31,5 @@ setuptools.setup(
         "tensorflow-cpu>=2.21,<3",
         "tensorflow-datasets>=4.9.10,<5",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "ruff"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff"]},
 )

@@ -36,6 +36,9 @@ def shared(method: str) -> ml_collections.ConfigDict:
     config.log_every_steps = 100
     config.eval_every_steps = 0  # kNN + linear probe on the test split; 0 = only at the end
     config.eval_random_init = False  # also evaluate a randomly initialised encoder at the end
+    # Global batch of the frozen-feature extraction (no gradients, so it can exceed the training
+    # batch); 0 = the training batch. A small batch makes evaluation per-batch overhead bound.
+    config.eval_batch_size = 0
     config.model = ml_collections.ConfigDict(
         dict(
             name="resnet50",
@@ -116,6 +119,7 @@ def finish_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collecti
     config.image_size = 32
     config.dtype = "float32"
     config.eval_random_init = True
+    config.eval_batch_size = 512
     if preset == "cifar10":
         config.dataset = "cifar10"
         config.eval_every_steps = 5000

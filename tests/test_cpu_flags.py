@@ -129,7 +129,12 @@ def run_fresh(**extra):
            if k not in ("SSL_JAX_CPU_XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}  # fmt: skip
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu", **extra)
     out = subprocess.run(
-        [sys.executable, "-c", PROGRAM], env=env, cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-c", PROGRAM],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -33,7 +33,9 @@ def test_two_processes_match_one(tmp_path):
     base = dict(os.environ, JAX_PLATFORMS="cpu")
     single = str(tmp_path / "single")
     env = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    result = subprocess.run(_command(single), env=env, cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        _command(single), env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     multi = str(tmp_path / "multi")
@@ -49,7 +51,12 @@ def test_two_processes_match_one(tmp_path):
         )
         log = open(tmp_path / f"rank{rank}.log", "w")
         procs.append(subprocess.Popen(_command(multi), env=env, cwd=REPO, stdout=log, stderr=log))
-    codes = [p.wait(timeout=600) for p in procs]
+    try:
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        # One rank dying leaves the other waiting on the coordinator: never leave it behind.
+        for p in procs:
+            p.kill()
     assert codes == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
 
     out = (tmp_path / "rank0.log").read_text()

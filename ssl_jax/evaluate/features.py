@@ -74,6 +74,7 @@ def evaluate_encoder(encode, variables, *, train_source, test_source, config, me
 
 
 def _eval_batch(config, mesh) -> int:
-    """A batch that every device count divides, near the training batch."""
+    """config.eval_batch_size (0: the training batch), rounded down to a multiple of the devices."""
     devices = mesh.devices.size
-    return max(devices, config.batch_size // devices * devices)
+    requested = config.get("eval_batch_size", 0) or config.batch_size
+    return max(devices, requested // devices * devices)
