@@ -1,0 +1,143 @@
+"""`python -m ssl_jax.report DIR [DIR ...]`: one Markdown table of finished workdirs.
+
+Reads each workdir's results.json (and config.json and metrics.jsonl beside it) and prints a row
+per (encoder, protocol): the trained encoder and, when the run evaluated one, the random-init
+baseline. A protocol is any `<name>_top1` key of results.json (today `knn` and `linear`, the
+frozen-feature kNN and linear probe); `<name>_top5` fills the top-5 column when present, and a
+`label_fraction` key the labels column (pretraining evaluations use every train label).
+
+Only the standard library: the report runs without jax or TensorFlow, in well under a second.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+
+from ssl_jax.errors import UserError, exit_on_error
+
+_TOP1 = re.compile(r"^(random_init_)?(\w+?)_top1$")
+COLUMNS = ("workdir", "method", "backbone", "dataset", "epochs", "encoder", "protocol",
+           "labels", "top-1", "top-5", "train time")  # fmt: skip
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); rerun the run to rewrite it") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} holds {type(value).__name__}, not a JSON object")
+    return value
+
+
+def _last_epoch(workdir: str) -> float | None:
+    """The epoch of the last logged training step (metrics.jsonl), or None."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    epoch = None
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill: the rest still counts
+                    continue
+                if "epoch" in record:
+                    epoch = record["epoch"]
+    return epoch
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "n/a"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def rows_of(workdir: str) -> list[dict]:
+    """The table rows of one finished workdir (see the module docstring)."""
+    if not os.path.isdir(workdir):
+        raise UserError(f"{workdir} is not a directory; pass pretraining or evaluation workdirs")
+    results_path = os.path.join(workdir, "results.json")
+    if not os.path.exists(results_path):
+        raise UserError(
+            f"{workdir} has no results.json: the run has not finished (rerun its command with "
+            "the same --workdir to resume it) or this is not a workdir"
+        )
+    results = _read_json(results_path)
+    config_path = os.path.join(workdir, "config.json")
+    config = _read_json(config_path) if os.path.exists(config_path) else {}
+    model = config.get("model") or {}
+    backbone = model.get("name", "n/a")
+    if model.get("width", 1.0) != 1.0:
+        backbone += f" x{model['width']:g}"
+    common = {
+        "workdir": os.path.basename(os.path.normpath(workdir)),
+        "method": config.get("method", "n/a"),
+        "backbone": backbone,
+        "dataset": config.get("dataset", "n/a"),
+        "epochs": _last_epoch(workdir),
+        "labels": results.get("label_fraction", 1.0),
+        "train_seconds": results.get("train_seconds"),
+    }
+    rows = []
+    for key in sorted(results, key=lambda k: (k.startswith("random_init_"), k)):
+        match = _TOP1.match(key)
+        if not match:
+            continue
+        prefix, protocol = match.group(1) or "", match.group(2)
+        rows.append(
+            {
+                **common,
+                "encoder": "random init" if prefix else "trained",
+                "protocol": protocol,
+                "top1": results[key],
+                "top5": results.get(f"{prefix}{protocol}_top5"),
+            }
+        )
+    if not rows:
+        reason = results.get("skipped", "no <protocol>_top1 entries")
+        rows.append({**common, "encoder": "trained", "protocol": f"none ({reason})",
+                     "top1": None, "top5": None})  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        epochs = "n/a" if r["epochs"] is None else f"{r['epochs']:.2f}"
+        cells = (r["workdir"], r["method"], r["backbone"], r["dataset"], epochs, r["encoder"],
+                 r["protocol"], f"{100 * r['labels']:g}%", _percent(r["top1"]),
+                 _percent(r["top5"]), _duration(r["train_seconds"]))  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m ssl_jax.report", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("workdirs", nargs="+", metavar="DIR", help="finished workdirs")
+    parser.add_argument("--output", help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+    with exit_on_error():
+        rows = [row for workdir in args.workdirs for row in rows_of(workdir)]
+        table = markdown(rows)
+        if args.output:
+            try:
+                with open(args.output, "w") as f:
+                    f.write(table)
+            except OSError as e:
+                raise UserError(f"cannot write {args.output}: {e.strerror}") from None
+    sys.stdout.write(table)
+
+
+if __name__ == "__main__":
+    main()
