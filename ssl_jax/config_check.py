@@ -14,8 +14,8 @@ SHARED_KEYS = (
 
 _POSITIVE = ("image_size", "batch_size", "checkpoint_every_steps", "keep_checkpoints",
              "log_every_steps")  # fmt: skip
-_NON_NEGATIVE = ("num_epochs", "total_steps", "warmup_epochs", "eval_every_steps", "eval_batch_size",
-                 "weight_decay")  # fmt: skip
+_NON_NEGATIVE = ("num_epochs", "total_steps", "warmup_epochs", "eval_every_steps",
+                 "eval_batch_size", "weight_decay")  # fmt: skip
 
 
 def _get(config, dotted: str):
