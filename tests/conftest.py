@@ -19,3 +19,31 @@ tf.config.set_visible_devices([], "GPU")
 # Tests compile many small programs and run each once or twice: compile time dominates.
 jax.config.update("jax_disable_most_optimizations", True)
 assert jax.device_count() == 8, jax.devices()
+
+# `pytest -n 2 --dist loadfile` hands out whole files. xdist's default order (most tests first)
+# left the files of few, long tests (command-line runs, minutes each) for the end, where one
+# worker finished them while the other sat idle. Longest first instead (measured on 2 cores),
+# the rest alphabetical, so both workers finish together.
+SLOW_FILES_FIRST = (
+    "test_train.py",
+    "test_mocov2.py",
+    "test_byol.py",
+    "test_multihost.py",
+    "test_export.py",
+    "test_mocov3.py",
+    "test_cli_errors.py",
+    "test_parallel.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return SLOW_FILES_FIRST.index(name) if name in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order above
+        config.option.loadscopereorder = False
