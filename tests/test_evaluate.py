@@ -10,7 +10,9 @@ from ssl_jax.evaluate import (
     effective_rank,
     embedding_std,
     fit_linear_probe,
+    knn_accuracy,
     knn_classify,
+    knn_ranked_classes,
     knn_top1,
     linear_probe_predict,
     linear_probe_top1,
@@ -20,8 +22,9 @@ from ssl_jax.evaluate import (
 # kNN
 
 
-def _numpy_knn(train, train_labels, test, k, temperature, num_classes):
-    """Row-by-row float64 reference of the weighted kNN vote of Wu et al. 2018."""
+def _numpy_knn(train, train_labels, test, k, temperature, num_classes, ranked=1):
+    """Row-by-row float64 reference of the weighted kNN vote of Wu et al. 2018: the `ranked`
+    classes of largest score per row (ties to the lower class), or the best one if ranked=1."""
     train = train / np.linalg.norm(train, axis=1, keepdims=True)
     test = test / np.linalg.norm(test, axis=1, keepdims=True)
     k = min(k, len(train))
@@ -32,7 +35,8 @@ def _numpy_knn(train, train_labels, test, k, temperature, num_classes):
         scores = np.zeros(num_classes)
         for i in nearest:
             scores[train_labels[i]] += np.exp(sim[i] / temperature)
-        preds.append(int(np.argmax(scores)))
+        order = np.argsort(-scores, kind="stable")  # descending, lower class first on ties
+        preds.append(order[:ranked] if ranked > 1 else int(order[0]))
     return np.array(preds)
 
 
@@ -105,6 +109,30 @@ def test_knn_top1_and_num_classes():
     np.testing.assert_array_equal(
         np.asarray(wide), np.asarray(knn_classify(train, train_labels, test, k=20))
     )
+
+
+def test_knn_ranked_classes_and_top5_match_numpy():
+    train, train_labels, test, test_labels = _random_problem(4, classes=20)
+    ranked = knn_ranked_classes(train, train_labels, test, k=20, temperature=0.1, chunk_size=16)
+    expected = _numpy_knn(train, train_labels, test, 20, 0.1, 20, ranked=5)
+    assert ranked.shape == (70, 5)
+    np.testing.assert_array_equal(np.asarray(ranked), expected)
+    acc = knn_accuracy(train, train_labels, test, test_labels, k=20, temperature=0.1)
+    assert acc["top1"] == pytest.approx(np.mean(expected[:, 0] == test_labels))
+    assert acc["top5"] == pytest.approx(np.mean(np.any(expected == test_labels[:, None], axis=1)))
+    assert acc["top1"] < acc["top5"] < 1.0
+    # Five classes or fewer: every class is ranked, so top-5 is certain.
+    train, train_labels, test, test_labels = _random_problem(5, classes=3)
+    assert knn_ranked_classes(train, train_labels, test, k=10).shape == (70, 3)
+    assert knn_accuracy(train, train_labels, test, test_labels, k=10)["top5"] == 1.0
+
+
+def test_knn_ties_go_to_the_lower_class():
+    # Two neighbours at the same similarity, one of each class: equal scores, class 0 first.
+    train = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    ranked = knn_ranked_classes(train, np.array([1, 0]), np.array([[1.0, 0.0]], np.float32), k=2)
+    np.testing.assert_array_equal(np.asarray(ranked), [[0, 1]])
+    assert int(knn_classify(train, np.array([1, 0]), np.array([[1.0, 0.0]]), k=2)[0]) == 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -66,7 +66,8 @@ def test_cli_writes_the_workdir_contract(reference_run):
     by_step = {r["step"]: r for r in records if "loss" in r}
     assert 0.0 <= by_step[3]["knn_top1"] <= 1.0 and "knn_top1" not in by_step[2]
     results = json.load(open(os.path.join(workdir, "results.json")))
-    for key in ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1"):
+    for key in ("knn_top1", "knn_top5", "linear_top1", "random_init_knn_top1",
+                "random_init_knn_top5", "random_init_linear_top1"):  # fmt: skip
         assert 0.0 <= results[key] <= 1.0, key
     assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 4, 6]
     out = result.stdout

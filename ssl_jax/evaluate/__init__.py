@@ -5,7 +5,7 @@ encoder is a separate step.
 """
 
 from ssl_jax.evaluate.health import effective_rank, embedding_std
-from ssl_jax.evaluate.knn import knn_classify, knn_top1
+from ssl_jax.evaluate.knn import knn_accuracy, knn_classify, knn_ranked_classes, knn_top1
 from ssl_jax.evaluate.linear import (
     LinearProbe,
     fit_linear_probe,
@@ -18,7 +18,9 @@ __all__ = [
     "effective_rank",
     "embedding_std",
     "fit_linear_probe",
+    "knn_accuracy",
     "knn_classify",
+    "knn_ranked_classes",
     "knn_top1",
     "linear_probe_predict",
     "linear_probe_top1",

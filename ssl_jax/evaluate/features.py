@@ -12,7 +12,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ssl_jax import data, parallel
-from ssl_jax.evaluate.knn import knn_top1
+from ssl_jax.evaluate.knn import knn_accuracy
 from ssl_jax.evaluate.linear import linear_probe_top1
 
 
@@ -41,7 +41,7 @@ def extract_features(encode, variables, source, *, image_size: int, batch_size: 
 
 
 def evaluate_encoder(encode, variables, *, train_source, test_source, config, mesh) -> dict:
-    """kNN and linear top-1 on the test split, or {} with a reason when the data cannot say."""
+    """kNN top-1 / top-5 and linear top-1 on the test split, or a reason why the data cannot say."""
     if train_source.num_classes == 0:
         return {"skipped": "the dataset has no labels (a flat image folder)"}
     if test_source is None:
@@ -51,18 +51,18 @@ def evaluate_encoder(encode, variables, *, train_source, test_source, config, me
     train_feats, train_labels = extract_features(encode, variables, train_source, **kwargs)
     test_feats, test_labels = extract_features(encode, variables, test_source, **kwargs)
     num_classes = train_source.num_classes
+    knn = knn_accuracy(
+        train_feats,
+        train_labels,
+        test_feats,
+        test_labels,
+        k=config.knn.k,
+        temperature=config.knn.temperature,
+        num_classes=num_classes,
+    )
     results = {
-        "knn_top1": float(
-            knn_top1(
-                train_feats,
-                train_labels,
-                test_feats,
-                test_labels,
-                k=config.knn.k,
-                temperature=config.knn.temperature,
-                num_classes=num_classes,
-            )
-        ),
+        "knn_top1": knn["top1"],
+        "knn_top5": knn["top5"],
         "linear_top1": float(
             linear_probe_top1(
                 train_feats, train_labels, test_feats, test_labels, num_classes, seed=config.seed

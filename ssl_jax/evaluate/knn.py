@@ -7,7 +7,7 @@ and the DINO / MoCo kNN monitors compute the same thing. For a test feature x:
     s_i = cos(x, f_i)                              for every training feature f_i
     N_k = indices of the k largest s_i
     score(c) = sum_{i in N_k, y_i = c} exp(s_i / t)
-    prediction = argmax_c score(c)
+    prediction = argmax_c score(c)     (top-5: the five classes of largest score)
 
 Test rows are processed in chunks so that the similarity matrix held at any time is
 [chunk_size, N] rather than [M, N]: with N = 50k training images and M = 10k test images the full
@@ -28,7 +28,7 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _EPS))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num_classes"))
+@functools.partial(jax.jit, static_argnames=("k", "num_classes", "num_ranked"))
 def _knn_chunk(
     train_unit: jax.Array,
     train_labels: jax.Array,
@@ -37,8 +37,10 @@ def _knn_chunk(
     *,
     k: int,
     num_classes: int,
+    num_ranked: int,
 ) -> jax.Array:
-    """Predictions for one chunk of test rows; train_unit is already l2-normalised."""
+    """[C, num_ranked] classes by descending score for one chunk of test rows; train_unit is
+    already l2-normalised."""
     test_unit = _l2_normalize(test_chunk)  # [C, D]
     sim = test_unit @ train_unit.T  # [C, N]
     top_sim, top_idx = jax.lax.top_k(sim, k)  # [C, k], sorted descending
@@ -54,7 +56,8 @@ def _knn_chunk(
     rows = jnp.broadcast_to(jnp.arange(top_labels.shape[0])[:, None], top_labels.shape)  # [C, k]
     scores = jnp.zeros((top_labels.shape[0], num_classes), jnp.float32)  # [C, classes]
     scores = scores.at[rows, top_labels].add(weights)
-    return jnp.argmax(scores, axis=-1).astype(jnp.int32)  # [C]
+    # top_k breaks ties towards the lower index, as argmax does.
+    return jax.lax.top_k(scores, num_ranked)[1].astype(jnp.int32)  # [C, num_ranked]
 
 
 def knn_classify(
@@ -89,6 +92,33 @@ def knn_classify(
     Returns:
       [M] int32 predicted labels.
     """
+    ranked = knn_ranked_classes(
+        train_feats, train_labels, test_feats, k, temperature, num_classes, chunk_size, 1
+    )
+    return ranked[:, 0]
+
+
+def knn_ranked_classes(
+    train_feats: jax.Array,
+    train_labels: jax.Array,
+    test_feats: jax.Array,
+    k: int = 200,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+    num_ranked: int = 5,
+) -> jax.Array:
+    """The num_ranked classes of largest weighted-kNN score for every test feature, best first.
+
+    The vote, the arguments and the chunking are knn_classify's; column 0 is its prediction, and
+    a label among the first five columns is a top-5 hit.
+
+    Args:
+      num_ranked: how many classes to rank; clipped to num_classes.
+
+    Returns:
+      [M, min(num_ranked, num_classes)] int32 class indices.
+    """
     train_feats = jnp.asarray(train_feats)
     test_feats = jnp.asarray(test_feats)
     train_labels = jnp.asarray(train_labels).astype(jnp.int32)
@@ -107,8 +137,9 @@ def knn_classify(
         )
     if num_classes is None:
         num_classes = int(np.asarray(train_labels).max()) + 1
+    num_ranked = max(1, min(num_ranked, num_classes))
     if m == 0:
-        return jnp.zeros((0,), jnp.int32)
+        return jnp.zeros((0, num_ranked), jnp.int32)
 
     k = min(k, n)
     # A chunk never needs to be larger than the test set; this avoids padding 10 rows to 1024.
@@ -125,10 +156,11 @@ def knn_classify(
             t,
             k=k,
             num_classes=num_classes,
+            num_ranked=num_ranked,
         )
         for i in range(num_chunks)
     ]
-    return jnp.concatenate(preds)[:m]  # [M]
+    return jnp.concatenate(preds)[:m]  # [M, num_ranked]
 
 
 def knn_top1(
@@ -166,3 +198,27 @@ def knn_top1(
     if preds.shape[0] == 0:
         return float("nan")
     return float(jnp.mean(preds == test_labels))
+
+
+def knn_accuracy(
+    train_feats: jax.Array,
+    train_labels: jax.Array,
+    test_feats: jax.Array,
+    test_labels: jax.Array,
+    k: int = 200,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """{"top1": ..., "top5": ...}: fractions of test rows whose label is the kNN prediction, or
+    among its five best classes (top-5 is 1.0 with 5 classes or fewer)."""
+    ranked = knn_ranked_classes(
+        train_feats, train_labels, test_feats, k, temperature, num_classes, chunk_size, 5
+    )
+    test_labels = jnp.asarray(test_labels).astype(jnp.int32)
+    if test_labels.shape != ranked.shape[:1]:
+        raise ValueError(f"test_labels has shape {test_labels.shape}, expected {ranked.shape[:1]}")
+    if ranked.shape[0] == 0:
+        return {"top1": float("nan"), "top5": float("nan")}
+    hits = ranked == test_labels[:, None]  # [M, R]
+    return {"top1": float(jnp.mean(hits[:, 0])), "top5": float(jnp.mean(jnp.any(hits, axis=1)))}
