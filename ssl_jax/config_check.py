@@ -37,7 +37,7 @@ def validate(config: ml_collections.ConfigDict | None) -> ml_collections.ConfigD
         if not config[key] > 0:
             raise UserError(f"{key}={config[key]} must be > 0")
     for key in _NON_NEGATIVE:
-        if config[key] < 0:
+        if config.get(key, 0) < 0:  # eval_batch_size is newer than some configs: absent is 0
             raise UserError(f"{key}={config[key]} must be >= 0")
     if config.total_steps == 0 and config.num_epochs == 0:
         raise UserError("set num_epochs or total_steps (both are 0)")
