@@ -183,21 +183,9 @@ def knn_top1(
     Returns:
       The fraction of test rows whose prediction equals their label, as a Python float.
     """
-    preds = knn_classify(
-        train_feats,
-        train_labels,
-        test_feats,
-        k=k,
-        temperature=temperature,
-        num_classes=num_classes,
-        chunk_size=chunk_size,
-    )
-    test_labels = jnp.asarray(test_labels).astype(jnp.int32)
-    if test_labels.shape != preds.shape:
-        raise ValueError(f"test_labels has shape {test_labels.shape}, expected {preds.shape}")
-    if preds.shape[0] == 0:
-        return float("nan")
-    return float(jnp.mean(preds == test_labels))
+    return knn_accuracy(
+        train_feats, train_labels, test_feats, test_labels, k, temperature, num_classes, chunk_size
+    )["top1"]
 
 
 def knn_accuracy(
