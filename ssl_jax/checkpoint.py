@@ -24,6 +24,27 @@ ENCODER_SPEC = "encoder.json"
 ENCODER_VARIABLES = "variables"
 
 
+def _pytree_handler() -> ocp.PyTreeCheckpointHandler:
+    """Orbax's standard handler, except that a replicated jax.Array is written whole.
+
+    Orbax's default ("replica-parallel") splits each replicated array into one slice per replica,
+    and every slice of a new shape compiles a small XLA program: the first save of a run cost
+    12 s of compiling for a 0.2M-parameter ResNet on 8 CPU devices (1 s without it). The train
+    state is replicated over the data-parallel devices and small next to the step's data, so one
+    writer per array loses nothing.
+    """
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (int, ocp.type_handlers.ScalarHandler()),
+        (float, ocp.type_handlers.ScalarHandler()),
+        (bytes, ocp.type_handlers.ScalarHandler()),
+        (np.number, ocp.type_handlers.ScalarHandler()),
+        (np.ndarray, ocp.type_handlers.NumpyHandler()),
+        (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)),
+        (str, ocp.type_handlers.StringHandler()),
+    )
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
 def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
@@ -33,11 +54,13 @@ def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
         # them on start keeps the folder tidy without touching a finished checkpoint.
         cleanup_tmp_directories=True,
     )
-    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+    return ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"), options=options, item_handlers=_pytree_handler()
+    )
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-    mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+    mngr.save(step, args=ocp.args.PyTreeSave(state), force=True)
     mngr.wait_until_finished()
 
 
@@ -52,7 +75,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
     for step in sorted(mngr.all_steps(), reverse=True):
         path = os.path.join(str(mngr.directory), str(step))
         try:
-            return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+            return mngr.restore(
+                step, args=ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args)
+            )
         except Exception as e:  # orbax raises many types for damaged files; all mean "unusable"
             aside = os.path.join(
                 os.path.dirname(str(mngr.directory)),
