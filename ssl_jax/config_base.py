@@ -142,3 +142,48 @@ def finish_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collecti
         config.eval_random_init = False
     small_image_views(config)
     return config
+
+
+def evaluation(protocols: tuple[str, ...], preset: str | None) -> ml_collections.ConfigDict:
+    """An evaluation config (task "evaluate", ssl_jax/evaluate/protocols.py) for a preset."""
+    preset = preset or "imagenet"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: use {', '.join(PRESETS)}")
+    config = ml_collections.ConfigDict()
+    config.task = "evaluate"
+    config.protocols = protocols
+    config.pretrained = ""  # a pretraining workdir or its export/ folder (required)
+    config.random_init = False  # same architecture, freshly initialised: the baseline row
+    config.dataset = "imagenet2012"  # may differ from the pretraining data (transfer)
+    config.data_dir = ml_collections.FieldReference(None, field_type=str)
+    config.image_size = 0  # 0: the resolution the encoder was trained at (export/encoder.json)
+    config.eval_batch_size = 1024  # global batch of the feature extraction
+    config.seed = 0  # the held-out split and the few-shot draws
+    config.knn = ml_collections.ConfigDict(dict(k=200, temperature=0.07))  # Wu et al. 2018
+    config.frozen_features = ml_collections.ConfigDict(
+        dict(
+            # BYOL tunes on 10,000 held-out ImageNet train images (byol/utils/dataset.py).
+            holdout_fraction=10_000 / 1_281_167,
+            l2_grid=DEFAULT_L2_GRID,
+            max_iterations=1000,  # L-BFGS iterations per fit (stops earlier once converged)
+        )
+    )
+    # With one label per class nothing can be held out: the L2 strength is fixed.
+    config.fewshot = ml_collections.ConfigDict(dict(shots=(1, 5, 10), draws=5, l2=1e-2))
+    if preset == "cifar10":
+        config.dataset = "cifar10"
+        config.knn.temperature = 0.1  # lemniscate cifar.py (NPID's CIFAR setting)
+        config.frozen_features.holdout_fraction = 0.1  # 5,000 of the 50,000 train images
+    elif preset in ("demo", "runlocal"):
+        config.dataset = "demo"
+        config.eval_batch_size = 512
+        config.frozen_features.holdout_fraction = 0.1  # 1,000 of the 10,000 demo train images
+    if preset == "runlocal":
+        config.frozen_features.l2_grid = (1e-4, 1e-2, 1.0)
+        config.fewshot.shots = (1, 5)
+        config.fewshot.draws = 2
+    return config
+
+
+# Half-decade steps over 1e-6..1e2 (Kornblith et al. 2019 search 45 values over 1e-6..1e5).
+DEFAULT_L2_GRID = tuple(float(f"{10.0 ** (e / 2):.3g}") for e in range(-12, 5))

@@ -1,5 +1,7 @@
 """Checks on a config before any work starts, so mistakes surface as one clear line."""
 
+import os
+
 import ml_collections
 
 from ssl_jax.errors import UserError
@@ -11,6 +13,14 @@ SHARED_KEYS = (
     "checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps",
     "model.name", "model.width",
 )  # fmt: skip
+
+# The evaluation task's protocols (ssl_jax/evaluate/protocols.py runs them).
+PROTOCOLS = ("knn", "frozen_features", "fewshot")
+# Named in the design, not built yet: asking for one is an error that says so.
+NOT_BUILT = {
+    "augmented": "the augmented linear protocol (crop + flip, the encoder in the loop) is not "
+    "built yet; use frozen_features",
+}
 
 _POSITIVE = ("image_size", "batch_size", "checkpoint_every_steps", "keep_checkpoints",
              "log_every_steps")  # fmt: skip
@@ -43,4 +53,34 @@ def validate(config: ml_collections.ConfigDict | None) -> ml_collections.ConfigD
         raise UserError("set num_epochs or total_steps (both are 0)")
     if not config.base_lr > 0:
         raise UserError(f"base_lr={config.base_lr} must be > 0")
+    return config
+
+
+def validate_evaluation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks an evaluation config (task "evaluate": configs/linear_eval.py, fewshot.py)."""
+    if not config.pretrained:
+        raise UserError("set --config.pretrained=PATH: a pretraining workdir or its export/ folder")
+    if not os.path.isdir(config.pretrained):
+        raise UserError(f"pretrained={config.pretrained!r} is not a directory; pass a pretraining "
+                        "workdir or its export/ folder")  # fmt: skip
+    protocols = tuple(config.protocols)
+    if not protocols:
+        raise UserError(f"config.protocols is empty; use any of {', '.join(PROTOCOLS)}")
+    for p in protocols:
+        if p in NOT_BUILT:
+            raise UserError(f"protocol {p!r}: {NOT_BUILT[p]}")
+        if p not in PROTOCOLS:
+            raise UserError(f"unknown protocol {p!r}; use any of {', '.join(PROTOCOLS)}")
+    if not config.eval_batch_size > 0:
+        raise UserError(f"eval_batch_size={config.eval_batch_size} must be > 0")
+    if config.image_size < 0:
+        raise UserError(f"image_size={config.image_size} must be >= 0 (0: the encoder's own)")
+    if not 0 < config.frozen_features.holdout_fraction < 1:
+        raise UserError(f"frozen_features.holdout_fraction="
+                        f"{config.frozen_features.holdout_fraction} must be in (0, 1)")  # fmt: skip
+    if not (config.frozen_features.l2_grid and min(config.frozen_features.l2_grid) >= 0):
+        raise UserError("frozen_features.l2_grid must be a non-empty list of values >= 0")
+    shots = tuple(config.fewshot.shots)
+    if not shots or min(shots) < 1 or config.fewshot.draws < 1:
+        raise UserError("fewshot.shots must be positive integers and fewshot.draws >= 1")
     return config

@@ -1,5 +1,8 @@
 """Command line: python -m ssl_jax.main --config=configs/simclr.py[:preset] --workdir=DIR.
 
+A pretraining config (configs/<method>.py) trains; an evaluation config (`task = "evaluate"`:
+configs/linear_eval.py, configs/fewshot.py) evaluates the frozen encoder at --config.pretrained.
+
 Intentionally short: flags, the environment, and turning user errors into one line.
 Running the same command again with the same workdir resumes the run.
 """
@@ -34,18 +37,27 @@ def main(argv):
     with exit_on_error():
         # Config and method settings first: a mistake is reported in seconds, before TensorFlow
         # (the input pipeline) is even imported.
-        config = config_check.validate(_load_config())
-        methods.get_method(config)
+        config = _load_config()
+        evaluation = config is not None and config.get("task", "pretrain") == "evaluate"
+        if evaluation:
+            config_check.validate_evaluation(config)
+        else:
+            config = config_check.validate(config)
+            methods.get_method(config)
 
     import tensorflow as tf  # imported late so the TF log level above applies
 
     tf.config.set_visible_devices([], "GPU")  # keep tf.data off the accelerators JAX uses
 
     from ssl_jax import parallel, train
+    from ssl_jax.evaluate import protocols
 
     parallel.initialize_distributed()
     with exit_on_error():
-        train.train_and_evaluate(config, FLAGS.workdir)
+        if evaluation:
+            protocols.run(config, FLAGS.workdir)
+        else:
+            train.train_and_evaluate(config, FLAGS.workdir)
 
 
 def _parse_flags(argv):

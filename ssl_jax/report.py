@@ -2,9 +2,11 @@
 
 Reads each workdir's results.json (and config.json and metrics.jsonl beside it) and prints a row
 per (encoder, protocol): the trained encoder and, when the run evaluated one, the random-init
-baseline. A protocol is any `<name>_top1` key of results.json (today `knn` and `linear`, the
-frozen-feature kNN and linear probe); `<name>_top5` fills the top-5 column when present, and a
-`label_fraction` key the labels column (pretraining evaluations use every train label).
+baseline. A protocol is any numeric `<name>_top1` key of results.json: `knn` and `linear` of a
+pretraining run; `knn`, `frozen_features` and `fewshot_<n>shot` (the mean over draws) of an
+evaluation run (configs/linear_eval.py, configs/fewshot.py), whose results.json also names the
+encoder it evaluated (method, backbone, pretraining epochs). `<name>_top5` fills the top-5
+column when present; `<name>_labels` or `label_fraction` the labels column.
 
 Only the standard library: the report runs without jax or TensorFlow, in well under a second.
 """
@@ -19,7 +21,7 @@ from ssl_jax.errors import UserError, exit_on_error
 
 _TOP1 = re.compile(r"^(random_init_)?(\w+?)_top1$")
 COLUMNS = ("workdir", "method", "backbone", "dataset", "epochs", "encoder", "protocol",
-           "labels", "top-1", "top-5", "train time")  # fmt: skip
+           "labels", "top-1", "top-5", "time")  # fmt: skip
 
 
 def _read_json(path: str) -> dict:
@@ -78,28 +80,31 @@ def rows_of(workdir: str) -> list[dict]:
     backbone = model.get("name", "n/a")
     if model.get("width", 1.0) != 1.0:
         backbone += f" x{model['width']:g}"
+    evaluation = results.get("task") == "evaluate"
+    fraction = results.get("label_fraction", 1.0)
     common = {
         "workdir": os.path.basename(os.path.normpath(workdir)),
-        "method": config.get("method", "n/a"),
-        "backbone": backbone,
+        "method": results.get("method") or config.get("method", "n/a"),
+        "backbone": results.get("backbone") or backbone,
         "dataset": config.get("dataset", "n/a"),
-        "epochs": _last_epoch(workdir),
-        "labels": results.get("label_fraction", 1.0),
-        "train_seconds": results.get("train_seconds"),
+        "epochs": results.get("pretrain_epochs") if evaluation else _last_epoch(workdir),
+        "labels": f"{100 * fraction:g}%" if isinstance(fraction, (int, float)) else str(fraction),
+        "train_seconds": results.get("eval_seconds" if evaluation else "train_seconds"),
     }
     rows = []
     for key in sorted(results, key=lambda k: (k.startswith("random_init_"), k)):
         match = _TOP1.match(key)
-        if not match:
+        if not match or not isinstance(results[key], (int, float)):
             continue
         prefix, protocol = match.group(1) or "", match.group(2)
         rows.append(
             {
                 **common,
-                "encoder": "random init" if prefix else "trained",
+                "encoder": "random init" if prefix else results.get("encoder", "trained"),
                 "protocol": protocol,
                 "top1": results[key],
                 "top5": results.get(f"{prefix}{protocol}_top5"),
+                "labels": results.get(f"{protocol}_labels", common["labels"]),
             }
         )
     if not rows:
@@ -114,7 +119,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         epochs = "n/a" if r["epochs"] is None else f"{r['epochs']:.2f}"
         cells = (r["workdir"], r["method"], r["backbone"], r["dataset"], epochs, r["encoder"],
-                 r["protocol"], f"{100 * r['labels']:g}%", _percent(r["top1"]),
+                 r["protocol"], r["labels"], _percent(r["top1"]),
                  _percent(r["top5"]), _duration(r["train_seconds"]))  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -22,7 +22,8 @@ import numpy as np
 from absl import logging
 
 from ssl_jax import checkpoint, data, methods, models, parallel
-from ssl_jax.errors import NonFiniteLossError, UserError
+from ssl_jax import workdir as workdir_lib
+from ssl_jax.errors import NonFiniteLossError
 from ssl_jax.evaluate.features import evaluate_encoder
 from ssl_jax.evaluate.health import CollapseMonitor
 from ssl_jax.metrics_writer import MetricsWriter, progress_line
@@ -93,7 +94,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
     test_source = data.get_source(config.dataset, "test", config.data_dir)
     steps_per_epoch = data.steps_per_epoch(train_source.num_examples, config.batch_size)
     num_steps = total_steps(config, steps_per_epoch)
-    prepare_workdir(workdir)
+    workdir_lib.prepare(workdir)
     training = build_training(
         config,
         mesh,
@@ -103,7 +104,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
     )
     is_lead = jax.process_index() == 0
     if is_lead:  # only now: a config that cannot build a model leaves the workdir untouched
-        _write_config(config, workdir)
+        workdir_lib.write_config(config, workdir)
 
     rng = jax.random.PRNGKey(config.seed)
     abstract_state = jax.tree.map(
@@ -234,7 +235,9 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
             "image_size": config.image_size,
             "feature_dim": encoder.feature_dim,
             "method": config.method,
+            "dataset": config.dataset,
             "step": int(state.step),
+            "epochs": round(int(state.step) / run.steps_per_epoch, 3),
         },
         variables=run.encoder_variables(state),
     )
@@ -259,21 +262,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 # ==================================================================== helpers
-
-
-def prepare_workdir(workdir: str) -> None:
-    """Create the workdir and prove it is writable, before any work starts."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(
-            f"workdir {workdir!r} cannot be created or written ({e.strerror or e}); "
-            "pass a writable --workdir"
-        ) from None
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -303,18 +291,3 @@ def _global_batch(host_batch, mesh, num_classes):
     if num_classes:
         batch["label"] = host_batch["label"]
     return parallel.to_global(batch, mesh)
-
-
-def _write_config(config, workdir: str) -> None:
-    """config.json holds the resolved config; a different earlier one is kept beside it."""
-    path = os.path.join(workdir, "config.json")
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = f.read()
-        if old != text:
-            aside = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
-            os.replace(path, aside)
-            logging.warning("The config differs from the run's earlier one; kept that as %s", aside)
-    with open(path, "w") as f:
-        f.write(text)

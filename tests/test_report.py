@@ -53,8 +53,28 @@ def test_top5_and_label_fraction_are_reported_when_present(tmp_path):
                "train_seconds": 4000}  # fmt: skip
     workdir = make_workdir(tmp_path, "ft", results, CONFIG)
     (row,) = report.rows_of(workdir)
-    assert (row["protocol"], row["top5"], row["labels"]) == ("finetune", 0.9, 0.01)
+    assert (row["protocol"], row["top5"], row["labels"]) == ("finetune", 0.9, "1%")
     assert "| finetune | 1% | 50.0 | 90.0 | 1h06m |" in report.markdown([row])
+
+
+def test_evaluation_workdir_names_the_encoder_it_evaluated(tmp_path):
+    """An evaluation run (configs/linear_eval.py, fewshot.py): method, backbone and epochs come
+    from the encoder it evaluated; few-shot rows say how many labels; per-l2 dicts are no rows."""
+    results = {"task": "evaluate", "encoder": "random init", "method": "simclr",
+               "backbone": "resnet18 x0.125", "pretrain_epochs": 6.41, "label_fraction": 1.0,
+               "frozen_features_top1": 0.4, "frozen_features_top5": 0.9,
+               "frozen_features_holdout_top1_by_l2": {"0.01": 0.41},
+               "fewshot_5shot_top1": 0.2, "fewshot_5shot_top1_std": 0.01,
+               "fewshot_5shot_labels": "5/class", "eval_seconds": 61.0}  # fmt: skip
+    config = {"task": "evaluate", "dataset": "demo", "protocols": ["frozen_features", "fewshot"]}
+    rows = report.rows_of(make_workdir(tmp_path, "ev", results, config))
+    lines = report.markdown(rows).splitlines()[2:]
+    assert lines == [
+        "| ev | simclr | resnet18 x0.125 | demo | 6.41 | random init | fewshot_5shot | 5/class "
+        "| 20.0 | n/a | 1m01s |",
+        "| ev | simclr | resnet18 x0.125 | demo | 6.41 | random init | frozen_features | 100% "
+        "| 40.0 | 90.0 | 1m01s |",
+    ]
 
 
 def test_unlabeled_run_says_why_it_has_no_accuracy(tmp_path):
