@@ -171,41 +171,46 @@ def run_loop(run: Run, state: TrainState, writer: MetricsWriter) -> tuple[TrainS
                 "raise warmup_epochs or use dtype=float32."
             )
 
-    for step in range(start_step, run.num_steps):
-        batch = _global_batch(next(batches), run.mesh, num_classes)
-        state, metrics = run.training.step_fn(state, batch)
-        if window_start is None:  # the first step compiles: keep it out of images/s and ETA
-            jax.block_until_ready(metrics["loss"])
-            window_start = time.time()
-        else:
-            window_steps += 1
-        if pending is not None:
-            check_finite(*pending)
-        done = step + 1  # steps completed; the numbering of the logs and checkpoints
-        pending = (done, metrics)
-        eval_due = config.eval_every_steps and done % config.eval_every_steps == 0
-        eval_due = eval_due and done < run.num_steps  # the final evaluation follows the loop
-        if done % config.log_every_steps == 0 or done == run.num_steps or eval_due:
-            check_finite(*pending)
-            now = time.time()
-            rate = window_steps / (now - window_start) if window_steps else None  # steps/s
-            record = {
-                "step": done,
-                "epoch": round(done / run.steps_per_epoch, 3),
-                **{k: float(v) for k, v in jax.device_get(metrics).items()},
-                # None while only the compiling step has run
-                "images_per_sec": round(rate * config.batch_size, 1) if rate else None,
-            }
-            if eval_due:
-                record.update(run.evaluate(state))
-            writer.write(record)
-            eta = (run.num_steps - done) / rate if rate else None
-            run.print(progress_line(record, run.num_steps, run.steps_per_epoch, eta))
-            window_start, window_steps = time.time(), 0
-        if done % config.checkpoint_every_steps == 0 or done == run.num_steps:
-            check_finite(*pending)
-            checkpoint.save(run.mngr, done, state)
-            last_saved = done
+    try:
+        for step in range(start_step, run.num_steps):
+            batch = _global_batch(next(batches), run.mesh, num_classes)
+            state, metrics = run.training.step_fn(state, batch)
+            if window_start is None:  # the first step compiles: keep it out of images/s and ETA
+                jax.block_until_ready(metrics["loss"])
+                window_start = time.time()
+            else:
+                window_steps += 1
+            if pending is not None:
+                check_finite(*pending)
+            done = step + 1  # steps completed; the numbering of the logs and checkpoints
+            pending = (done, metrics)
+            eval_due = config.eval_every_steps and done % config.eval_every_steps == 0
+            eval_due = eval_due and done < run.num_steps  # the final evaluation follows the loop
+            if done % config.log_every_steps == 0 or done == run.num_steps or eval_due:
+                check_finite(*pending)
+                now = time.time()
+                rate = window_steps / (now - window_start) if window_steps else None  # steps/s
+                record = {
+                    "step": done,
+                    "epoch": round(done / run.steps_per_epoch, 3),
+                    **{k: float(v) for k, v in jax.device_get(metrics).items()},
+                    # None while only the compiling step has run
+                    "images_per_sec": round(rate * config.batch_size, 1) if rate else None,
+                }
+                if eval_due:
+                    record.update(run.evaluate(state))
+                writer.write(record)
+                eta = (run.num_steps - done) / rate if rate else None
+                run.print(progress_line(record, run.num_steps, run.steps_per_epoch, eta))
+                window_start, window_steps = time.time(), 0
+            if done % config.checkpoint_every_steps == 0 or done == run.num_steps:
+                check_finite(*pending)
+                checkpoint.save(run.mngr, done, state)
+                last_saved = done
+    finally:
+        # Close the input pipeline now: left to the garbage collector, tearing down the tf.data
+        # iterator stalled the end of a run by 10-18 s on 2 cores (measured: 0.01 s when closed).
+        batches.close()
     if pending is not None:
         check_finite(*pending)
     return state, time.time() - loop_start
