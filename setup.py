@@ -26,6 +26,8 @@ setuptools.setup(
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12.8,<0.13",
         "pillow",
+        # export/torchvision.safetensors: PyTorch-loadable weights without needing torch
+        "safetensors>=0.7,<1",
         # TensorBoard event files (tf.summary needs it; tensorflow-cpu lacks it)
         "tensorboard>=2.21",
         "tensorflow-cpu>=2.21,<3",

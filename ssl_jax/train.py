@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssl_jax import checkpoint, data, methods, models, parallel
+from ssl_jax import checkpoint, data, methods, models, parallel, torch_export
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.errors import NonFiniteLossError
 from ssl_jax.evaluate.features import evaluate_encoder
@@ -228,25 +228,32 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
         random_state = run.training.initial_state(run.rng)
         baseline = run.evaluate(random_state)
         results.update({f"random_init_{k}": v for k, v in baseline.items()})
+    spec = {
+        "architecture": {
+            "depth": encoder.depth,
+            "width": encoder.width,
+            "cifar_stem": encoder.cifar_stem,
+            "dtype": str(jnp.dtype(encoder.dtype)),
+        },
+        "image_size": config.image_size,
+        "feature_dim": encoder.feature_dim,
+        "method": config.method,
+        "dataset": config.dataset,
+        "step": int(state.step),
+        "epochs": round(int(state.step) / run.steps_per_epoch, 3),
+    }
     checkpoint.export_encoder(
         os.path.join(run.workdir, "export"),
-        spec={
-            "architecture": {
-                "depth": encoder.depth,
-                "width": encoder.width,
-                "cifar_stem": encoder.cifar_stem,
-                "dtype": str(jnp.dtype(encoder.dtype)),
-            },
-            "image_size": config.image_size,
-            "feature_dim": encoder.feature_dim,
-            "method": config.method,
-            "dataset": config.dataset,
-            "step": int(state.step),
-            "epochs": round(int(state.step) / run.steps_per_epoch, 3),
-        },
+        spec=spec,
         variables=run.encoder_variables(state),
     )
     if run.is_lead:
+        # The same encoder for PyTorch users: torchvision's names and layouts.
+        torch_export.export_torchvision(
+            jax.device_get(run.encoder_variables(state)),
+            os.path.join(run.workdir, "export", torch_export.TORCHVISION_FILE),
+            spec=spec,
+        )
         with open(os.path.join(run.workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
         writer.write({"step": int(state.step), **{k: v for k, v in results.items() if k != "step"}})

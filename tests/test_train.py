@@ -56,7 +56,8 @@ def reference_run(tmp_path_factory):
 
 def test_cli_writes_the_workdir_contract(reference_run):
     workdir, result = reference_run
-    for name in ("config.json", "metrics.jsonl", "results.json", "export", "checkpoints"):
+    for name in ("config.json", "metrics.jsonl", "results.json", "export", "checkpoints",
+                 "export/torchvision.safetensors"):  # fmt: skip
         assert os.path.exists(os.path.join(workdir, name)), name
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -1,7 +1,9 @@
 """ResNet v1 backbones (He et al. 2016), with a width multiplier and the CIFAR stem.
 
 The layout follows torchvision's "v1.5" (stride on the 3x3 convolution of a bottleneck), which is
-what SimCLR, BYOL and solo-learn train. The module takes raw pixels (uint8 or float in 0..255)
+what SimCLR, BYOL and solo-learn train, and so does the padding (k // 2 on every side of a k x k
+convolution, 1 around the max-pool), so the export of ssl_jax/torch_export.py computes the same
+features in PyTorch. The module takes raw pixels (uint8 or float in 0..255)
 and normalises them itself, so an exported encoder needs nothing but images.
 
 Under jit with the batch sharded across devices, nn.BatchNorm's batch mean and variance are
@@ -10,7 +12,7 @@ axis_name and no pmean needed.
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,7 +35,7 @@ class BasicBlock(nn.Module):
 
     filters: int
     strides: int
-    conv: type
+    conv: Callable
     norm: type
 
     @nn.compact
@@ -55,7 +57,7 @@ class Bottleneck(nn.Module):
 
     filters: int
     strides: int
-    conv: type
+    conv: Callable
     norm: type
 
     @nn.compact
@@ -100,7 +102,7 @@ class ResNet(nn.Module):
         std = jnp.asarray(STDDEV_RGB, jnp.float32) * 255.0
         x = ((images.astype(jnp.float32) - mean) / std).astype(self.dtype)  # [B, H, W, 3]
 
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME")
+        conv = functools.partial(_conv, dtype=self.dtype)
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -117,7 +119,8 @@ class ResNet(nn.Module):
         else:
             x = conv(base, (7, 7), (2, 2), name="conv_init")(x)
             x = nn.relu(norm(name="bn_init")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            # 1 on every side (with -inf), as torchvision's MaxPool2d(3, 2, 1).
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
         for stage, num_blocks in enumerate(_stage_sizes(self.depth)):
             for b in range(num_blocks):
@@ -126,6 +129,19 @@ class ResNet(nn.Module):
                     base * 2**stage, strides, conv, norm, name=f"stage{stage + 1}_block{b + 1}"
                 )(x)
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)  # [B, D], global average pool
+
+
+def _conv(features: int, kernel_size, strides=(1, 1), *, name: str, dtype) -> nn.Conv:
+    """A bias-free nn.Conv padded as torchvision pads: k // 2 on every side of a k x k kernel.
+
+    "SAME" agrees at stride 1 but puts the extra row and column of a strided convolution at the
+    bottom and right only ((0, 1) for 3x3, (2, 3) for 7x7 at even sizes): every strided output
+    then sits half a pixel away from PyTorch's, and exported weights compute other features.
+    The output sizes are the same either way.
+    """
+    padding = tuple((k // 2, k // 2) for k in kernel_size)
+    return nn.Conv(features, kernel_size, strides, padding=padding, use_bias=False, dtype=dtype,
+                   name=name)  # fmt: skip
 
 
 def _stage_sizes(depth: int) -> Sequence[int]:
