@@ -39,6 +39,8 @@ def shared(method: str) -> ml_collections.ConfigDict:
     # Global batch of the frozen-feature extraction (no gradients, so it can exceed the training
     # batch); 0 = the training batch. A small batch makes evaluation per-batch overhead bound.
     config.eval_batch_size = 0
+    # At most this many evenly spaced examples of each split in those evaluations; 0 = all.
+    config.eval_max_examples = 0
     config.model = ml_collections.ConfigDict(
         dict(
             name="resnet50",
@@ -140,6 +142,7 @@ def finish_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collecti
         config.checkpoint_every_steps = 2
         config.log_every_steps = 1
         config.eval_random_init = False
+        config.eval_max_examples = 1000  # a smoke run: 1,000 train and 1,000 test images
     small_image_views(config)
     return config
 

@@ -25,7 +25,7 @@ NOT_BUILT = {
 _POSITIVE = ("image_size", "batch_size", "checkpoint_every_steps", "keep_checkpoints",
              "log_every_steps")  # fmt: skip
 _NON_NEGATIVE = ("num_epochs", "total_steps", "warmup_epochs", "eval_every_steps",
-                 "eval_batch_size", "weight_decay")  # fmt: skip
+                 "eval_batch_size", "eval_max_examples", "weight_decay")  # fmt: skip
 
 
 def _get(config, dotted: str):
@@ -47,7 +47,7 @@ def validate(config: ml_collections.ConfigDict | None) -> ml_collections.ConfigD
         if not config[key] > 0:
             raise UserError(f"{key}={config[key]} must be > 0")
     for key in _NON_NEGATIVE:
-        if config.get(key, 0) < 0:  # eval_batch_size is newer than some configs: absent is 0
+        if config.get(key, 0) < 0:  # eval_* keys are newer than some configs: absent is 0
             raise UserError(f"{key}={config[key]} must be >= 0")
     if config.total_steps == 0 and config.num_epochs == 0:
         raise UserError("set num_epochs or total_steps (both are 0)")

@@ -28,10 +28,10 @@ SLOW_FILES_FIRST = (
     "test_train.py",
     "test_mocov2.py",
     "test_byol.py",
-    "test_multihost.py",
     "test_export.py",
     "test_mocov3.py",
     "test_cli_errors.py",
+    "test_protocols.py",
     "test_parallel.py",
 )
 

@@ -246,3 +246,19 @@ def test_health_metrics_on_sharded_global_batch():
     sharded = jax.device_put(z, NamedSharding(mesh, PartitionSpec("data")))
     for fn in (embedding_std, effective_rank):
         np.testing.assert_allclose(float(jax.jit(fn)(sharded)), float(fn(z)), rtol=1e-5)
+
+
+def test_eval_max_examples_takes_evenly_spaced_examples_of_every_class():
+    from ssl_jax.data import sources
+    from ssl_jax.evaluate import features
+
+    # Stored class by class, as the demo set and image folders are: 0,0,...,1,1,...,4.
+    labels = np.repeat(np.arange(5), 20).astype(np.int32)
+    images = np.arange(100, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    source = sources.from_arrays("classes", images, labels)
+    spaced = features._spaced(source, 30)  # every 4th: 25 examples
+    assert spaced.num_examples == 25 and spaced.name == "classes[::4]"
+    read = [spaced.read(np.int64(i)) for i in range(25)]
+    assert [int(img[0, 0, 0]) for img, _ in read] == list(range(0, 100, 4))
+    assert np.bincount([int(lab) for _, lab in read]).tolist() == [5] * 5
+    assert features._spaced(source, 0) is source and features._spaced(source, 100) is source

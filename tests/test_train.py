@@ -1,10 +1,12 @@
-"""End to end: the command line on 1 and 8 devices, kill -9 and resume, damaged checkpoints,
-non-finite losses, export, and the workdir files. Runs the tiny `runlocal` preset."""
+"""End to end: the command line on 1 and 8 devices and on 2 processes, kill -9 and resume,
+damaged checkpoints, export, and the workdir files. Runs the tiny `runlocal` preset; every test
+compares against one uninterrupted 8-device run (the `reference_run` fixture)."""
 
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +72,8 @@ def test_cli_writes_the_workdir_contract(reference_run):
     for key in ("knn_top1", "knn_top5", "linear_top1", "random_init_knn_top1",
                 "random_init_knn_top5", "random_init_linear_top1"):  # fmt: skip
         assert 0.0 <= results[key] <= 1.0, key
+    # runlocal evaluates on 1,000 evenly spaced train and test images (eval_max_examples).
+    assert (results["eval_train_examples"], results["eval_test_examples"]) == (1000, 1000)
     assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 4, 6]
     out = result.stdout
     assert "8 cpu device(s)" in out and "global batch 32 = 8 x 4 per device" in out
@@ -130,3 +134,45 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(reference_run, tmp_
     assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))
     resumed, uninterrupted = losses_by_step(workdir), losses_by_step(reference)
     np.testing.assert_allclose(resumed[6], uninterrupted[6], rtol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_match_one_of_eight(reference_run, tmp_path):
+    """jax.distributed with 2 local processes (the multi-host path): same losses, same kNN."""
+    reference, _ = reference_run
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(rank),
+        )
+        cmd = [sys.executable, "-m", "ssl_jax.main", f"--config={CONFIG}:runlocal",
+               f"--workdir={tmp_path / 'run'}", "--config.total_steps=6"]  # fmt: skip
+        log = open(tmp_path / f"rank{rank}.log", "w")
+        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=log))
+    try:
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        # One rank dying leaves the other waiting on the coordinator: never leave it behind.
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
+
+    out = (tmp_path / "rank0.log").read_text()
+    assert "8 cpu device(s), 2 host(s)" in out and "global batch 32 = 8 x 4 per device" in out
+    two, one = losses_by_step(str(tmp_path / "run")), losses_by_step(reference)
+    assert sorted(two) == sorted(one) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([two[s] for s in one], [one[s] for s in one], rtol=1e-5)
+    knn = [json.load(open(os.path.join(d, "results.json")))["knn_top1"]
+           for d in (reference, tmp_path / "run")]  # fmt: skip
+    np.testing.assert_allclose(knn[1], knn[0], atol=1e-6)
