@@ -117,6 +117,22 @@ def export_encoder(directory: str, *, spec: dict, variables: dict) -> None:
         os.replace(tmp, directory)
 
 
+def find_export(path: str) -> tuple[str, dict]:
+    """(the export folder, its encoder.json) for a run's export/ folder or the run's workdir.
+
+    Raises:
+      FileNotFoundError: neither `path` nor `path`/export holds an encoder.json.
+    """
+    for folder in (path, os.path.join(path, "export")):
+        spec_file = os.path.join(folder, ENCODER_SPEC)
+        if os.path.exists(spec_file):
+            with open(spec_file) as f:
+                return folder, json.load(f)
+    raise FileNotFoundError(
+        f"{os.path.join(path, ENCODER_SPEC)} not found: pass a run's workdir/export folder"
+    )
+
+
 def load_encoder(path: str) -> tuple[Callable, dict]:
     """Load an exported encoder.
 
@@ -130,15 +146,7 @@ def load_encoder(path: str) -> tuple[Callable, dict]:
     """
     from ssl_jax.models import ResNet  # the architecture is all we need from the package
 
-    if not os.path.exists(os.path.join(path, ENCODER_SPEC)) and os.path.isdir(
-        os.path.join(path, "export")
-    ):
-        path = os.path.join(path, "export")
-    spec_file = os.path.join(path, ENCODER_SPEC)
-    if not os.path.exists(spec_file):
-        raise FileNotFoundError(f"{spec_file} not found: pass a run's workdir/export folder")
-    with open(spec_file) as f:
-        spec = json.load(f)
+    path, spec = find_export(path)
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore(os.path.abspath(os.path.join(path, ENCODER_VARIABLES)))
     module = ResNet(**spec["architecture"])

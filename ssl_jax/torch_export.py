@@ -114,14 +114,11 @@ def main(argv=None) -> None:
     with exit_on_error():
         from ssl_jax import checkpoint
 
-        export = args.export
-        if not os.path.exists(os.path.join(export, checkpoint.ENCODER_SPEC)):
-            export = os.path.join(export, "export")
-        if not os.path.exists(os.path.join(export, checkpoint.ENCODER_SPEC)):
+        try:
+            export, spec = checkpoint.find_export(args.export)
+        except FileNotFoundError:
             raise UserError(f"{args.export} holds no exported encoder ({checkpoint.ENCODER_SPEC} "
-                            "not found): pass a run's export/ folder")  # fmt: skip
-        with open(os.path.join(export, checkpoint.ENCODER_SPEC)) as f:
-            spec = json.load(f)
+                            "not found): pass a run's export/ folder") from None  # fmt: skip
         _, variables = checkpoint.load_encoder(export)
         output = args.output or os.path.join(export, TORCHVISION_FILE)
         try:

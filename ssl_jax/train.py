@@ -242,15 +242,12 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
         "step": int(state.step),
         "epochs": round(int(state.step) / run.steps_per_epoch, 3),
     }
-    checkpoint.export_encoder(
-        os.path.join(run.workdir, "export"),
-        spec=spec,
-        variables=run.encoder_variables(state),
-    )
+    variables = jax.device_get(run.encoder_variables(state))
+    checkpoint.export_encoder(os.path.join(run.workdir, "export"), spec=spec, variables=variables)
     if run.is_lead:
         # The same encoder for PyTorch users: torchvision's names and layouts.
         torch_export.export_torchvision(
-            jax.device_get(run.encoder_variables(state)),
+            variables,
             os.path.join(run.workdir, "export", torch_export.TORCHVISION_FILE),
             spec=spec,
         )

@@ -169,15 +169,12 @@ def _encoder(config):
     if not os.path.isdir(path):
         raise UserError(f"pretrained={path!r} is not a directory; pass a pretraining workdir or "
                         "its export/ folder")  # fmt: skip
-    if not os.path.exists(os.path.join(path, checkpoint.ENCODER_SPEC)):
-        path = os.path.join(path, "export")
-    spec_file = os.path.join(path, checkpoint.ENCODER_SPEC)
-    if not os.path.exists(spec_file):
+    try:
+        path, spec = checkpoint.find_export(path)
+    except FileNotFoundError:
         raise UserError(f"{config.pretrained} holds no exported encoder ({checkpoint.ENCODER_SPEC} "
                         "not found): finish the pretraining run first (rerun its command to "
-                        "resume it)")  # fmt: skip
-    with open(spec_file) as f:
-        spec = json.load(f)
+                        "resume it)") from None  # fmt: skip
     apply_fn, variables = checkpoint.load_encoder(path)
     if config.random_init:
         from ssl_jax.models import ResNet
