@@ -28,6 +28,10 @@ setuptools.setup(
         "pillow",
         # export/torchvision.safetensors: PyTorch-loadable weights without needing torch
         "safetensors>=0.7,<1",
+        # visualize.py: t-SNE of the test features (embedding.png), pinned to one OpenMP thread
+        # with threadpoolctl (a scikit-learn dependency, imported directly)
+        "scikit-learn>=1.9,<2",
+        "threadpoolctl>=3.8",
         # TensorBoard event files (tf.summary needs it; tensorflow-cpu lacks it)
         "tensorboard>=2.21",
         "tensorflow-cpu>=2.21,<3",

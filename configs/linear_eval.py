@@ -11,8 +11,11 @@ the encoder was trained on (transfer: --config.dataset=imagefolder:PATH). Protoc
                    with L-BFGS to convergence, L2 chosen on a held-out part of the train split
                    (never the test split), then refitted on the whole train split (Kornblith et
                    al. 2019, as in SimCLR's and BYOL's transfer tables); top-1 and top-5.
-The papers' `augmented` protocol (a linear layer trained through random crops and flips, SimCLR:
-90 epochs of SGD with Nesterov momentum) is not built yet; asking for it is an error.
+  augmented        the papers' protocol: a linear layer trained on the frozen encoder (its
+                   BatchNorm in inference mode) through random resized crops and flips; SimCLR's
+                   recipe: SGD with Nesterov momentum 0.9, lr 0.1 x B/256, 90 epochs, cosine, no
+                   weight decay. A run of the trainer in WORKDIR/augmented/ (resumable); its
+                   settings are the `augmented` block (--config.augmented.num_epochs=...).
 --config.random_init=True evaluates the same architecture freshly initialised: the baseline.
 
 Presets: imagenet (default; imagenet2012, 10,000 held-out train images as BYOL), cifar10, demo
@@ -23,4 +26,4 @@ from ssl_jax import config_base
 
 
 def get_config(arg: str | None = None):
-    return config_base.evaluation(("knn", "frozen_features"), arg)
+    return config_base.evaluation(("knn", "frozen_features", "augmented"), arg)

@@ -22,6 +22,7 @@ from absl import logging
 
 ENCODER_SPEC = "encoder.json"
 ENCODER_VARIABLES = "variables"
+HEAD_VARIABLES = "head"  # a classifier's linear layer on the encoder, when the run trained one
 
 
 def _pytree_handler() -> ocp.PyTreeCheckpointHandler:
@@ -100,8 +101,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
     return None
 
 
-def export_encoder(directory: str, *, spec: dict, variables: dict) -> None:
-    """Write the encoder alone: spec (architecture) as JSON and its variables with orbax."""
+def export_encoder(directory: str, *, spec: dict, variables: dict, head: dict | None = None):
+    """Write the encoder: spec (architecture) as JSON and its variables with orbax; `head`, the
+    {"params"} of a classifier's linear layer on it (fine-tuning), beside them when given."""
     tmp = directory + ".tmp"
     if jax.process_index() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -111,6 +113,9 @@ def export_encoder(directory: str, *, spec: dict, variables: dict) -> None:
     variables = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), variables)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(tmp, ENCODER_VARIABLES), variables)
+        if head is not None:
+            head = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), head)
+            ckptr.save(os.path.join(tmp, HEAD_VARIABLES), head)
     if jax.process_index() == 0:
         # Replace the previous export only once the new one is complete.
         shutil.rmtree(directory, ignore_errors=True)
@@ -156,3 +161,32 @@ def load_encoder(path: str) -> tuple[Callable, dict]:
         return module.apply(variables, images, train=False)
 
     return apply_fn, variables
+
+
+def load_classifier(path: str) -> tuple[Callable, dict, dict]:
+    """Load an exported classifier (a fine-tuning run's encoder and its linear layer).
+
+    Returns:
+      (apply_fn, variables, spec) with `apply_fn(variables, images) -> [N, C] float32 logits`
+      for NHWC uint8 images at the training resolution, and the export's encoder.json.
+    """
+    from ssl_jax.models import Classifier, ResNet
+
+    path, spec = find_export(path)
+    if "classifier" not in spec or not os.path.isdir(os.path.join(path, HEAD_VARIABLES)):
+        raise FileNotFoundError(f"{path} holds an encoder without a classifier: export one "
+                                "from a fine-tuning run (configs/finetune.py)")  # fmt: skip
+    with ocp.StandardCheckpointer() as ckptr:
+        encoder = ckptr.restore(os.path.abspath(os.path.join(path, ENCODER_VARIABLES)))
+        head = ckptr.restore(os.path.abspath(os.path.join(path, HEAD_VARIABLES)))
+    variables = {
+        "params": {"backbone": encoder["params"], "head": head["params"]},
+        "batch_stats": {"backbone": encoder["batch_stats"]},
+    }
+    module = Classifier(ResNet(**spec["architecture"]), spec["classifier"]["num_classes"])
+
+    @jax.jit
+    def apply_fn(variables, images):
+        return module.apply(variables, [images], train=False)["logits"]
+
+    return apply_fn, variables, spec

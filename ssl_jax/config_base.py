@@ -41,6 +41,8 @@ def shared(method: str) -> ml_collections.ConfigDict:
     config.eval_batch_size = 0
     # At most this many evenly spaced examples of each split in those evaluations; 0 = all.
     config.eval_max_examples = 0
+    # At the end: workdir/augmentations.png (the views) and embedding.png (t-SNE of test features).
+    config.save_pictures = True
     config.model = ml_collections.ConfigDict(
         dict(
             name="resnet50",
@@ -143,6 +145,7 @@ def finish_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collecti
         config.log_every_steps = 1
         config.eval_random_init = False
         config.eval_max_examples = 1000  # a smoke run: 1,000 train and 1,000 test images
+        config.save_pictures = False  # 15 s of t-SNE and drawing; python -m ssl_jax.visualize
     small_image_views(config)
     return config
 
@@ -173,6 +176,9 @@ def evaluation(protocols: tuple[str, ...], preset: str | None) -> ml_collections
     )
     # With one label per class nothing can be held out: the L2 strength is fixed.
     config.fewshot = ml_collections.ConfigDict(dict(shots=(1, 5, 10), draws=5, l2=1e-2))
+    # The `augmented` protocol's training run (optimiser, epochs, batch, views); its encoder,
+    # data and seed are the evaluation's (ssl_jax/evaluate/protocols.py augmented_config).
+    config.augmented = supervised(preset, frozen_encoder=True)
     if preset == "cifar10":
         config.dataset = "cifar10"
         config.knn.temperature = 0.1  # lemniscate cifar.py (NPID's CIFAR setting)
@@ -190,3 +196,61 @@ def evaluation(protocols: tuple[str, ...], preset: str | None) -> ml_collections
 
 # Half-decade steps over 1e-6..1e2 (Kornblith et al. 2019 search 45 values over 1e-6..1e5).
 DEFAULT_L2_GRID = tuple(float(f"{10.0 ** (e / 2):.3g}") for e in range(-12, 5))
+
+
+def supervised(preset: str | None, *, frozen_encoder: bool) -> ml_collections.ConfigDict:
+    """A classifier trained on an encoder (ssl_jax/methods/supervised.py) for a preset:
+    fine-tuning (configs/finetune.py) or, with `frozen_encoder`, the augmented linear protocol
+    (the `augmented` block of configs/linear_eval.py)."""
+    preset = preset or "imagenet"
+    config = shared("supervised")
+    config.pretrained = ""  # a pretraining workdir or its export/ folder
+    config.from_scratch = False  # True (and no pretrained): the supervised-from-scratch baseline
+    config.frozen_encoder = frozen_encoder
+    config.label_fraction = 1.0  # the class-balanced labelled subset of the train split
+    config.nesterov = False
+    config.warmup_epochs = 0.0
+    config.weight_decay = 0.0
+    config.eval_random_init = False  # a random classifier's accuracy says nothing
+    # Random resized crop and flip, no colour distortion, as the SimCLR code fine-tunes and
+    # trains its linear layer (tf2/data_util.py preprocess_for_train, color_distort=False).
+    config.augment.train = view_recipe(
+        config.get_ref("image_size"), color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0
+    )
+    config.views = ("train",)
+    if frozen_encoder:
+        # SimCLR linear evaluation (README, tf2/model.py): SGD with Nesterov momentum 0.9, lr
+        # 0.1 x B/256, B 4096, 90 epochs, cosine, no warm-up; no weight decay (paper B.6).
+        config.optimizer = "sgd"
+        config.nesterov = True
+        config.base_lr = 0.1
+        config.num_epochs = 90
+    else:
+        # SimCLR v2 fine-tuning on 1% (README): LARS, lr 0.005 x sqrt(B), B 1024, 60 epochs,
+        # no weight decay, no warm-up; 30 epochs for 10% (--config.num_epochs=30).
+        config.optimizer = "lars"
+        config.lr_scaling = "sqrt"
+        config.base_lr = 0.005
+        config.batch_size = 1024
+        config.num_epochs = 60
+        config.label_fraction = 0.01
+    if preset == "cifar10":
+        # No anchor gives CIFAR-10 fine-tuning or linear values: these are ours (the ImageNet
+        # recipes at batch 256), not a paper's.
+        config.batch_size = 256
+        config.num_epochs = 100
+    elif preset == "demo":
+        # Tuned on 2 CPU cores for the bundled demo set (a minute or two).
+        config.batch_size = 64
+        config.num_epochs = 30
+        config.label_fraction = 1.0 if frozen_encoder else 0.1
+        if frozen_encoder:
+            config.num_epochs = 10
+            config.base_lr = 0.4
+        else:
+            config.base_lr = 0.02
+    elif preset == "runlocal":
+        config.label_fraction = 1.0 if frozen_encoder else 0.1
+    finish_preset(config, preset)
+    config.eval_random_init = False
+    return config

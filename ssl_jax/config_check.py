@@ -15,12 +15,7 @@ SHARED_KEYS = (
 )  # fmt: skip
 
 # The evaluation task's protocols (ssl_jax/evaluate/protocols.py runs them).
-PROTOCOLS = ("knn", "frozen_features", "fewshot")
-# Named in the design, not built yet: asking for one is an error that says so.
-NOT_BUILT = {
-    "augmented": "the augmented linear protocol (crop + flip, the encoder in the loop) is not "
-    "built yet; use frozen_features",
-}
+PROTOCOLS = ("knn", "frozen_features", "fewshot", "augmented")
 
 _POSITIVE = ("image_size", "batch_size", "checkpoint_every_steps", "keep_checkpoints",
              "log_every_steps")  # fmt: skip
@@ -67,8 +62,6 @@ def validate_evaluation(config: ml_collections.ConfigDict) -> ml_collections.Con
     if not protocols:
         raise UserError(f"config.protocols is empty; use any of {', '.join(PROTOCOLS)}")
     for p in protocols:
-        if p in NOT_BUILT:
-            raise UserError(f"protocol {p!r}: {NOT_BUILT[p]}")
         if p not in PROTOCOLS:
             raise UserError(f"unknown protocol {p!r}; use any of {', '.join(PROTOCOLS)}")
     if not config.eval_batch_size > 0:
@@ -80,6 +73,8 @@ def validate_evaluation(config: ml_collections.ConfigDict) -> ml_collections.Con
                         f"{config.frozen_features.holdout_fraction} must be in (0, 1)")  # fmt: skip
     if not (config.frozen_features.l2_grid and min(config.frozen_features.l2_grid) >= 0):
         raise UserError("frozen_features.l2_grid must be a non-empty list of values >= 0")
+    if "augmented" in protocols:
+        validate(config.augmented)  # the training run's keys, before any feature is computed
     shots = tuple(config.fewshot.shots)
     if not shots or min(shots) < 1 or config.fewshot.draws < 1:
         raise UserError("fewshot.shots must be positive integers and fewshot.draws >= 1")

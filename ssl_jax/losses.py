@@ -200,3 +200,21 @@ def vicreg(
     var_a, cov_a = variance_and_covariance(z_a)
     var_b, cov_b = variance_and_covariance(z_b)
     return sim_coeff * invariance + std_coeff * (var_a + var_b) / 2 + cov_coeff * (cov_a + cov_b)
+
+
+def distillation(
+    student_logits: jax.Array, teacher_logits: jax.Array, temperature: float
+) -> jax.Array:
+    """SimCLR v2's distillation loss (Chen et al. 2020b, eq. 3), mean over the batch.
+
+    -sum_y P_T(y | x; tau) log P_S(y | x; tau), both softmaxes at temperature tau; the teacher's
+    distribution is a constant (stop_gradient).
+
+    Args:
+      student_logits: [N, C].
+      teacher_logits: [N, C].
+      temperature: tau > 0 (the paper's default: 1).
+    """
+    targets = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1)
+    log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))

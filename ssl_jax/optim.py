@@ -76,6 +76,7 @@ def make_optimizer(
     weight_decay: float,
     params=None,
     momentum: float = 0.9,
+    nesterov: bool = False,
 ) -> optax.GradientTransformation:
     """The optimiser named in the config, with decay and trust-ratio masks applied.
 
@@ -86,6 +87,7 @@ def make_optimizer(
       params: unused; the masks are computed from the tree the optimiser is given (which, inside
         a parameter group, is that group's part of the tree).
       momentum: for LARS and SGD.
+      nesterov: Nesterov momentum for SGD (SimCLR's and BYOL's linear evaluation).
     """
     del params
     mask = decay_mask
@@ -109,7 +111,7 @@ def make_optimizer(
     if name == "sgd":
         return optax.chain(
             optax.masked(optax.add_decayed_weights(weight_decay), mask),
-            optax.sgd(learning_rate, momentum=momentum, nesterov=False),
+            optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
         )
     if name == "adamw":
         return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
@@ -128,6 +130,7 @@ def from_config(
         name=config.optimizer,
         weight_decay=config.weight_decay,
         momentum=config.get("momentum", 0.9),
+        nesterov=config.get("nesterov", False),
     )
     groups = config.get("param_groups", None) or {}
     if not groups:
@@ -148,6 +151,19 @@ def from_config(
                 for key, sub in tree.items()}  # fmt: skip
 
     return optax.multi_transform(transforms, labels), schedule, peak_lr
+
+
+def freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]):
+    """`tx` for every top-level part of the network except those named in `frozen`, whose
+    updates are zero whatever the gradient or weight decay (and which keep no optimiser state)."""
+    if not frozen:
+        return tx
+
+    def labels(tree):
+        return {key: jax.tree.map(lambda _, k=key: "frozen" if k in frozen else "train", sub)
+                for key, sub in tree.items()}  # fmt: skip
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def check_param_groups(groups, params) -> None:

@@ -82,6 +82,7 @@ def loss_and_grads(state: TrainState, batch, *, net, method, mesh=None):
         apply_target=apply_target,
         net=net,
         mesh=mesh,
+        labels=batch.get("label"),
     )
 
     def loss_fn(params):
@@ -175,8 +176,10 @@ class Training:
 
 def build_training(config, mesh, *, num_classes: int, steps_per_epoch: int, num_steps: int):
     """The method's network, optimiser, state initialiser and the sharded, jitted train step."""
-    method = methods.get_method(config, total_steps=num_steps)
+    method = methods.get_method(config, total_steps=num_steps, num_classes=num_classes)
     net = method.network()
+    if method.has_classifier:  # it is its own classifier: an online probe would add nothing
+        num_classes = 0
     recipes = [config.augment[name] for name in check_recipes(method, config)]
     sample_views = [jnp.zeros((2, r.size, r.size, 3), jnp.uint8) for r in recipes]
     abstract_params = jax.eval_shape(
@@ -185,6 +188,7 @@ def build_training(config, mesh, *, num_classes: int, steps_per_epoch: int, num_
     tx, schedule, peak_lr = optim.from_config(
         config, params=abstract_params, total_steps=num_steps, steps_per_epoch=steps_per_epoch
     )
+    tx = optim.freeze(tx, method.frozen_parts())
     probe_tx = optax.adamw(config.probe.lr, weight_decay=config.probe.weight_decay)
     init = functools.partial(
         create_state, config, net, method, tx, probe_tx, num_classes, sample_views=sample_views

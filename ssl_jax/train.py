@@ -23,7 +23,9 @@ from absl import logging
 
 from ssl_jax import checkpoint, data, methods, models, parallel, torch_export
 from ssl_jax import workdir as workdir_lib
+from ssl_jax.data import subsets
 from ssl_jax.errors import NonFiniteLossError
+from ssl_jax.evaluate.classifier import evaluate_classifier
 from ssl_jax.evaluate.features import evaluate_encoder
 from ssl_jax.evaluate.health import CollapseMonitor
 from ssl_jax.metrics_writer import MetricsWriter, progress_line
@@ -70,7 +72,21 @@ class Run:
         encoder = self.encoder
         return jax.jit(lambda variables, images: encoder.apply(variables, images, train=False))
 
+    @functools.cached_property
+    def predict(self):
+        net = self.training.net
+        return jax.jit(lambda variables, images: net.apply(variables, [images])["logits"])
+
     def evaluate(self, state: TrainState) -> dict:
+        if self.training.method.has_classifier:
+            return evaluate_classifier(
+                self.predict,
+                {"params": state.params, "batch_stats": state.batch_stats},
+                test_source=self.test_source,
+                config=self.config,
+                mesh=self.mesh,
+                name=self.training.method.result_name,
+            )
         return evaluate_encoder(
             self.encode,
             self.encoder_variables(state),
@@ -92,6 +108,11 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
     check_recipes(methods.get_method(config), config)  # bad method settings fail before any work
     train_source = data.get_source(config.dataset, "train", config.data_dir)
     test_source = data.get_source(config.dataset, "test", config.data_dir)
+    subset_ids = subset_facts = None
+    if config.get("label_fraction", 1.0) < 1:  # train on a labelled subset (fine-tuning: 1%, 10%)
+        train_source, subset_ids, subset_facts = subsets.labelled_train_subset(
+            train_source, fraction=config.label_fraction, seed=config.seed, workdir=workdir
+        )
     steps_per_epoch = data.steps_per_epoch(train_source.num_examples, config.batch_size)
     num_steps = total_steps(config, steps_per_epoch)
     workdir_lib.prepare(workdir)
@@ -105,6 +126,9 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
     is_lead = jax.process_index() == 0
     if is_lead:  # only now: a config that cannot build a model leaves the workdir untouched
         workdir_lib.write_config(config, workdir)
+        if subset_facts is not None:
+            path = os.path.join(workdir, subsets.TRAIN_SUBSET_FILE)
+            subsets.save_subset(path, subset_ids, **subset_facts)
 
     rng = jax.random.PRNGKey(config.seed)
     abstract_state = jax.tree.map(
@@ -115,8 +139,9 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
     mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
     state = checkpoint.restore_latest(mngr, abstract_state)
     resumed = state is not None
-    if not resumed:
+    if not resumed:  # a fresh state, with the method's pretrained parts (fine-tuning) loaded
         state = training.initial_state(rng)
+        state = jax.device_put(training.method.load_pretrained(state), training.state_sharding)
     run = Run(config, workdir, mesh, training, train_source, test_source, steps_per_epoch,
               num_steps, rng, resumed, mngr, is_lead)  # fmt: skip
 
@@ -221,8 +246,12 @@ def run_loop(run: Run, state: TrainState, writer: MetricsWriter) -> tuple[TrainS
 
 def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: float) -> dict:
     """Final evaluation beside a random encoder, the encoder export, and results.json."""
-    config, encoder = run.config, run.encoder
+    config, encoder, method = run.config, run.encoder, run.training.method
     results = {"step": int(state.step), "train_seconds": round(train_seconds, 1)}
+    if method.has_classifier:  # what the report needs to put the row beside the others
+        results.update(protocol=method.result_name, label_fraction=config.label_fraction,
+                       pretrained=config.pretrained or None)  # fmt: skip
+    results.update(method.extra_results())
     results.update(run.evaluate(state))
     if config.eval_random_init:
         random_state = run.training.initial_state(run.rng)
@@ -242,8 +271,15 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
         "step": int(state.step),
         "epochs": round(int(state.step) / run.steps_per_epoch, 3),
     }
+    head = None
+    if method.has_classifier:  # exported too, so the classifier can teach (distillation)
+        head = {"params": jax.device_get(state.params["head"])}
+        spec["classifier"] = {"num_classes": run.train_source.num_classes,
+                              "top1": results.get(f"{method.result_name}_top1")}  # fmt: skip
     variables = jax.device_get(run.encoder_variables(state))
-    checkpoint.export_encoder(os.path.join(run.workdir, "export"), spec=spec, variables=variables)
+    checkpoint.export_encoder(
+        os.path.join(run.workdir, "export"), spec=spec, variables=variables, head=head
+    )
     if run.is_lead:
         # The same encoder for PyTorch users: torchvision's names and layouts.
         torch_export.export_torchvision(
@@ -255,7 +291,25 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
             json.dump(results, f, indent=2)
         writer.write({"step": int(state.step), **{k: v for k, v in results.items() if k != "step"}})
     run.print(results_summary(results, run.workdir))
+    if config.get("save_pictures", False) and not method.has_classifier:
+        save_pictures(run)
     return results
+
+
+def save_pictures(run: Run) -> None:
+    """augmentations.png and embedding.png (ssl_jax/visualize.py) in the workdir. The run is
+    complete by now: a picture that cannot be drawn is a warning, never a failed run."""
+    if jax.process_count() > 1:  # the t-SNE is one host's job: draw it afterwards on one host
+        run.print(f"Pictures: run `python -m ssl_jax.visualize {run.workdir}` on one host")
+        return
+    from ssl_jax import visualize  # scikit-learn and PIL drawing: only when pictures are drawn
+
+    try:
+        visualize.visualize_workdir(run.workdir)
+    except Exception as e:  # noqa: BLE001  (any failure here must leave the finished run alone)
+        logging.warning("Pictures not drawn: %s", e)
+        run.print(f"WARNING: pictures not drawn ({e}); try python -m ssl_jax.visualize "
+                  f"{run.workdir}")  # fmt: skip
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -279,6 +333,12 @@ def total_steps(config, steps_per_epoch: int) -> int:
 
 def results_summary(results: dict, workdir: str) -> str:
     """The closing lines: what the encoder reached, beside a random encoder when measured."""
+    if "protocol" in results and f"{results['protocol']}_top1" in results:
+        name = results["protocol"]
+        return (f"Results after {results['step']} steps (test split): {name} top-1 "
+                f"{results[f'{name}_top1']:.4f}, top-5 {results[f'{name}_top5']:.4f}\n"
+                f"Saved {workdir}/results.json; encoder and classifier exported to "
+                f"{workdir}/export")  # fmt: skip
     if "knn_top1" not in results:
         return f"Evaluation skipped: {results.get('skipped')}. Encoder exported to {workdir}/export"
     lines = [f"Results after {results['step']} steps (test split, top-1):"]

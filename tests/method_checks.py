@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax import parallel, train
+from ssl_jax import checkpoint, parallel, train
 from ssl_jax.methods import StepInputs
 
 GLOBAL_BATCH = 16
@@ -163,11 +163,26 @@ def loss_gradient_wrt(method: str, wrt: str):
 # ------------------------------------------------------------------ whole runs, end to end
 
 
-def run_locally(method: str, workdir: str) -> dict:
+def run_locally(method: str, workdir: str, **overrides) -> dict:
     """train_and_evaluate of configs/<method>.py:runlocal in this process: the command line's
     code path after flag parsing (tests/test_train.py runs the command line itself)."""
     config = importlib.import_module(f"configs.{method}").get_config("runlocal")
+    for key, value in overrides.items():
+        config[key] = value
     return train.train_and_evaluate(config, workdir)
+
+
+def random_export(path: str, *, width: float = 0.125, image_size: int = 16) -> str:
+    """A ResNet-18 encoder exported as a pretraining run exports it (random weights)."""
+    from ssl_jax.models import ResNet
+
+    arch = {"depth": 18, "width": width, "cifar_stem": True, "dtype": "float32"}
+    images = jnp.zeros((1, image_size, image_size, 3))
+    variables = ResNet(**arch).init(jax.random.key(7), images, train=False)
+    spec = {"architecture": arch, "image_size": image_size, "feature_dim": int(512 * width),
+            "method": "simclr", "dataset": "demo", "step": 4, "epochs": 0.013}  # fmt: skip
+    checkpoint.export_encoder(path, spec=spec, variables=variables)
+    return path
 
 
 def losses_by_step(workdir: str) -> dict[int, float]:
@@ -181,12 +196,12 @@ def losses_by_step(workdir: str) -> dict[int, float]:
     return out
 
 
-def assert_resume_reproduces_losses(method: str, tmp_path) -> str:
+def assert_resume_reproduces_losses(method: str, tmp_path, **overrides) -> str:
     """Run 4 steps (checkpoints at 2 and 4); then, as if killed after the step-2 checkpoint,
     drop everything after it and rerun: the resumed run must log the same losses at steps 3-4.
     Returns the uninterrupted workdir (its export is the trained encoder)."""
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-    run_locally(method, full)
+    run_locally(method, full, **overrides)
     shutil.copytree(full, resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
     shutil.rmtree(os.path.join(resumed, "export"))
@@ -195,7 +210,7 @@ def assert_resume_reproduces_losses(method: str, tmp_path) -> str:
         kept = [line for line in f if '"step": 3' not in line and '"step": 4' not in line]
     with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
         f.writelines(kept)
-    run_locally(method, resumed)
+    run_locally(method, resumed, **overrides)
     with open(os.path.join(resumed, "metrics.jsonl")) as f:
         assert {"event": "resume", "step": 2} in [json.loads(line) for line in f]
     a, b = losses_by_step(full), losses_by_step(resumed)

@@ -256,9 +256,9 @@ def test_eval_max_examples_takes_evenly_spaced_examples_of_every_class():
     labels = np.repeat(np.arange(5), 20).astype(np.int32)
     images = np.arange(100, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     source = sources.from_arrays("classes", images, labels)
-    spaced = features._spaced(source, 30)  # every 4th: 25 examples
+    spaced = features.spaced(source, 30)  # every 4th: 25 examples
     assert spaced.num_examples == 25 and spaced.name == "classes[::4]"
     read = [spaced.read(np.int64(i)) for i in range(25)]
     assert [int(img[0, 0, 0]) for img, _ in read] == list(range(0, 100, 4))
     assert np.bincount([int(lab) for _, lab in read]).tolist() == [5] * 5
-    assert features._spaced(source, 0) is source and features._spaced(source, 100) is source
+    assert features.spaced(source, 0) is source and features.spaced(source, 100) is source

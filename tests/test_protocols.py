@@ -12,11 +12,11 @@ import numpy as np
 import optax
 import pytest
 
+import method_checks as mc
 from configs import fewshot as fewshot_config
 from configs import linear_eval
 from ssl_jax import checkpoint
 from ssl_jax.evaluate import fewshot, logistic, protocols
-from ssl_jax.models import ResNet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,14 +118,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    """A ResNet-18 x0.125 encoder exported as a pretraining run exports it (random weights)."""
-    path = str(tmp_path_factory.mktemp("pretrained") / "export")
-    arch = {"depth": 18, "width": 0.125, "cifar_stem": True, "dtype": "float32"}
-    variables = ResNet(**arch).init(jax.random.key(7), jnp.zeros((1, 16, 16, 3)), train=False)
-    spec = {"architecture": arch, "image_size": 16, "feature_dim": 64, "method": "simclr",
-            "dataset": "demo", "step": 4, "epochs": 0.013}  # fmt: skip
-    checkpoint.export_encoder(path, spec=spec, variables=variables)
-    return path
+    return mc.random_export(str(tmp_path_factory.mktemp("pretrained") / "export"))
 
 
 def eval_config(module, folder, export):
@@ -133,6 +126,7 @@ def eval_config(module, folder, export):
     config.dataset = f"imagefolder:{folder}"
     config.pretrained = os.path.dirname(export)  # the workdir: its export/ is found
     config.eval_batch_size = 32
+    config.protocols = ("knn", "frozen_features")  # `augmented` trains: its own test below
     return config
 
 
@@ -170,6 +164,32 @@ def test_linear_eval_writes_the_workdir_contract_and_a_rerun_reuses_the_features
     assert baseline["encoder"] == "random init" and baseline["knn_top1"] <= 1
 
 
+def test_augmented_protocol_trains_a_linear_layer_on_the_frozen_encoder(folder, export, tmp_path):
+    config = eval_config(linear_eval, folder, export)
+    config.protocols = ("augmented",)
+    workdir = str(tmp_path / "eval")
+    results = protocols.run(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "features"))  # it needs no cached features
+    run = json.load(open(os.path.join(workdir, "augmented", "results.json")))
+    assert results["augmented_top1"] == run["augmented_top1"] and results["augmented_steps"] == 4
+    assert 0 <= results["augmented_top1"] <= results["augmented_top5"] <= 1
+    trained = json.load(open(os.path.join(workdir, "augmented", "config.json")))
+    assert (trained["frozen_encoder"], trained["model"]["width"], trained["image_size"]) == (
+        True,
+        0.125,
+        16,
+    )  # fmt: skip  (the export's architecture and resolution)
+    # Frozen: the encoder exported after training is the pretrained one, bit for bit (its
+    # BatchNorm statistics too), while the linear layer moved.
+    _, before = checkpoint.load_encoder(export)
+    _, after, _ = checkpoint.load_classifier(os.path.join(workdir, "augmented"))
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(
+            {"params": after["params"]["backbone"], "batch_stats": after["batch_stats"]["backbone"]}
+    ), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(x, y)
+    assert np.abs(after["params"]["head"]["kernel"]).max() > 0
+
+
 def run_cli(*overrides, config="linear_eval", timeout=300):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu")  # fmt: skip
@@ -196,7 +216,7 @@ def test_fewshot_through_the_command_line(folder, export, tmp_path):
     [
         ((), "set --config.pretrained=PATH"),
         (("--config.pretrained=/nonexistent/run",), "is not a directory"),
-        (("--config.pretrained=.", "--config.protocols=('augmented',)"), "not built yet"),
+        (("--config.pretrained=.", "--config.augmented.batch_size=0"), "batch_size=0 must be"),
         (("--config.pretrained=.", "--config.protocols=('knn','linear')"), "unknown protocol"),
     ],
 )
@@ -210,4 +230,4 @@ def test_bad_evaluation_settings_are_one_line_errors(overrides, message, tmp_pat
 def test_every_preset_builds_an_evaluation_config():
     for preset in ("imagenet", "cifar10", "demo", "runlocal"):
         assert fewshot_config.get_config(preset).task == "evaluate"
-        assert linear_eval.get_config(preset).protocols == ("knn", "frozen_features")
+        assert linear_eval.get_config(preset).protocols == ("knn", "frozen_features", "augmented")

@@ -52,6 +52,9 @@ class Source:
         skipped: corrupt or unreadable files dropped at scan time (image folders only).
         reader: graph-mode function behind `read`; build a Source with your own reader to plug in
             another storage format.
+        labels: int32 [N], every example's label (-1 unlabeled), known without decoding images:
+            what class-balanced labelled subsets are drawn from. None when a custom source
+            cannot tell.
     """
 
     name: str
@@ -60,6 +63,7 @@ class Source:
     class_names: tuple[str, ...]
     skipped: int
     reader: Reader = dataclasses.field(repr=False, compare=False)
+    labels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def read(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Fetches one example; works eagerly and inside a tf.data map.
@@ -71,6 +75,18 @@ class Source:
             (image, label): uint8 [H, W, 3] at the stored size; int32 scalar, -1 if unlabeled.
         """
         return self.reader(index)
+
+    def take(self, ids: np.ndarray, name: str) -> Source:
+        """The examples `ids` (int [M]) of this split, as a Source of M examples."""
+        ids = np.asarray(ids, np.int64)
+        ids_t = tf.constant(ids, tf.int64)
+        return dataclasses.replace(
+            self,
+            name=name,
+            num_examples=len(ids),
+            reader=lambda index: self.read(tf.gather(ids_t, index)),
+            labels=None if self.labels is None else self.labels[ids],
+        )
 
 
 def decode_rgb(contents: tf.Tensor) -> tf.Tensor:
@@ -146,6 +162,7 @@ def from_arrays(
         class_names=names,
         skipped=0,
         reader=_array_reader(images, labels),
+        labels=labels,
     )
 
 
@@ -213,6 +230,7 @@ def _demo_source(split: str) -> Source:
         class_names=classes,
         skipped=0,
         reader=_bytes_reader(encoded, labels, jpeg_only=True),
+        labels=np.asarray(labels, np.int32),
     )
 
 
@@ -360,6 +378,7 @@ def _folder_source(path: str, split: str) -> Source | None:
         class_names=class_names,
         skipped=skipped,
         reader=read,
+        labels=np.asarray(labels, np.int32),
     )
 
 
@@ -452,4 +471,5 @@ def _tfds_source(name: str, split: str, data_dir: str | None) -> Source | None:
         class_names=class_names,
         skipped=0,
         reader=reader,
+        labels=labels,
     )

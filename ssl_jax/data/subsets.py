@@ -101,3 +101,32 @@ def load_subset(path: str, **expected) -> np.ndarray:
     if ids.size != record.get("num_ids"):
         raise UserError(f"{path} is damaged ({ids.size} ids, {record.get('num_ids')} declared)")
     return ids
+
+
+TRAIN_SUBSET_FILE = "train_subset.json"
+
+
+def labelled_train_subset(source, *, fraction: float, seed: int, workdir: str):
+    """(the Source of the labelled subset, its ids, facts to save or None) for a train split.
+
+    The ids are read back from workdir/train_subset.json when an earlier run of this workdir
+    wrote them (resume), else drawn class-balanced from (seed, fraction) and returned with the
+    facts that define them; the caller saves those with `save_subset` once the workdir is ready,
+    so the ids written are the ids used.
+    """
+    if source.labels is None:
+        raise UserError(
+            f"{source.name} cannot list its labels without reading every image; use a demo, "
+            "imagefolder or TFDS dataset for label_fraction < 1"
+        )
+    facts = dict(source=source.name, split_examples=int(source.num_examples),
+                 label_fraction=float(fraction), seed=int(seed))  # fmt: skip
+    path = os.path.join(workdir, TRAIN_SUBSET_FILE)
+    if os.path.exists(path):
+        ids, new = load_subset(path, **facts), False
+    else:
+        size = subset_size(int(np.sum(source.labels >= 0)), fraction=fraction,
+                           num_classes=source.num_classes)  # fmt: skip
+        ids, new = class_balanced_subset(source.labels, size=size, seed=seed), True
+    name = f"{source.name}[{fraction:.3g} labelled, seed {seed}]"
+    return source.take(ids, name), ids, facts if new else None

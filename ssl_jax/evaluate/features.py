@@ -7,7 +7,6 @@ that many evenly spaced examples of each split, for smoke runs and cheap evaluat
 runs; results.json records the sizes used.
 """
 
-import dataclasses
 import time
 
 import jax
@@ -51,8 +50,8 @@ def evaluate_encoder(encode, variables, *, train_source, test_source, config, me
         return {"skipped": "the dataset has no test split (add PATH/test/<class>/ to evaluate)"}
     start = time.time()
     limit = config.get("eval_max_examples", 0)  # newer than some configs: absent is all
-    train_source, test_source = _spaced(train_source, limit), _spaced(test_source, limit)
-    kwargs = dict(image_size=config.image_size, batch_size=_eval_batch(config, mesh), mesh=mesh)
+    train_source, test_source = spaced(train_source, limit), spaced(test_source, limit)
+    kwargs = dict(image_size=config.image_size, batch_size=eval_batch(config, mesh), mesh=mesh)
     train_feats, train_labels = extract_features(encode, variables, train_source, **kwargs)
     test_feats, test_labels = extract_features(encode, variables, test_source, **kwargs)
     num_classes = train_source.num_classes
@@ -80,21 +79,16 @@ def evaluate_encoder(encode, variables, *, train_source, test_source, config, me
     return results
 
 
-def _spaced(source: data.Source, limit: int) -> data.Source:
+def spaced(source: data.Source, limit: int) -> data.Source:
     """At most `limit` examples of the split, every ceil(N / limit)-th (all of them if limit is
     0): evenly spaced, so a split stored class by class keeps every class."""
     stride = -(-source.num_examples // limit) if limit else 1
     if stride <= 1:
         return source
-    return dataclasses.replace(
-        source,
-        name=f"{source.name}[::{stride}]",
-        num_examples=-(-source.num_examples // stride),
-        reader=lambda index: source.read(index * stride),
-    )
+    return source.take(np.arange(0, source.num_examples, stride), f"{source.name}[::{stride}]")
 
 
-def _eval_batch(config, mesh) -> int:
+def eval_batch(config, mesh) -> int:
     """config.eval_batch_size (0: the training batch), rounded down to a multiple of the devices."""
     devices = mesh.devices.size
     requested = config.get("eval_batch_size", 0) or config.batch_size

@@ -10,6 +10,9 @@ pretraining) and cached in DIR/features/, then each protocol in `config.protocol
     knn              weighted kNN (Wu et al. 2018), top-1 and top-5
     frozen_features  logistic regression to convergence, L2 chosen on held-out train examples
     fewshot          n labels per class, mean and std over seeded draws
+    augmented        a linear layer trained on the frozen encoder through random crops and
+                     flips (the papers' protocol): a run of the generic trainer with the
+                     `augmented` block of the config, in DIR/augmented/ (resumable like any run)
 
 The workdir follows the pretraining contract: config.json, metrics.jsonl and TensorBoard (one
 record per protocol), results.json. A killed run, rerun with the same command, reuses the cached
@@ -17,6 +20,7 @@ features (the part that costs device time) and recomputes the protocols, which a
 so it ends with the same numbers.
 """
 
+import copy
 import json
 import os
 import time
@@ -72,7 +76,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    "random_init": bool(config.random_init), "seed": config.seed,
                    "image_size": image_size}  # fmt: skip
     feats = {}
-    for split, source in (("train", train_source), ("test", test_source)):
+    need_features = any(p in _PROTOCOLS for p in protocols)
+    for split, source in (("train", train_source), ("test", test_source))[: 2 * need_features]:
         feats[split] = _cached_features(
             os.path.join(workdir, "features", f"{split}.npz"),
             {**fingerprint, "source": source.name, "examples": source.num_examples},
@@ -98,7 +103,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     for step, protocol in enumerate(protocols, start=1):
         t = time.time()
-        record, line = _PROTOCOLS[protocol](config, feats, num_classes)
+        if protocol == "augmented":
+            record, line = _augmented(config, spec, image_size, workdir)
+        else:
+            record, line = _PROTOCOLS[protocol](config, feats, num_classes)
         ids = record.pop("fewshot_train_ids", None)
         if ids is not None and is_lead:  # the examples each draw used, to inspect or reuse
             with open(os.path.join(workdir, "fewshot_train_ids.json"), "w") as f:
@@ -159,8 +167,40 @@ def _fewshot(config, feats, num_classes) -> tuple[dict, str]:
     return record, line
 
 
+def augmented_config(config, spec: dict, image_size: int) -> ml_collections.ConfigDict:
+    """The training config of the augmented protocol: config.augmented, with the encoder, data
+    and seed of the evaluation (its own copies of those keys are ignored)."""
+    sub = copy.deepcopy(config.augmented)
+    arch = spec["architecture"]
+    sub.pretrained = "" if config.random_init else config.pretrained
+    sub.from_scratch = bool(config.random_init)  # the random-init baseline: a frozen random net
+    sub.frozen_encoder = True
+    sub.dataset, sub.data_dir, sub.seed = config.dataset, config.data_dir, config.seed
+    sub.image_size = image_size
+    sub.model.name = f"resnet{arch['depth']}"
+    sub.model.width = arch["width"]
+    sub.model.cifar_stem = arch["cifar_stem"]
+    return sub
+
+
+def _augmented(config, spec, image_size, workdir) -> tuple[dict, str]:
+    from ssl_jax import train  # the generic loop, as for pretraining; imported only when needed
+
+    sub = augmented_config(config, spec, image_size)
+    out = train.train_and_evaluate(sub, os.path.join(workdir, "augmented"))
+    record = {
+        "augmented_top1": out["augmented_top1"],
+        "augmented_top5": out["augmented_top5"],
+        "augmented_steps": out["step"],
+        "augmented_epochs": sub.num_epochs if not sub.total_steps else None,
+    }
+    line = (f"linear (augmented: {out['step']} steps of crop + flip, {sub.optimizer}): top-1 "
+            f"{out['augmented_top1']:.4f}, top-5 {out['augmented_top5']:.4f}")  # fmt: skip
+    return record, line
+
+
 _PROTOCOLS = {"knn": _knn, "frozen_features": _frozen_features, "fewshot": _fewshot}
-assert tuple(_PROTOCOLS) == PROTOCOLS
+assert (*_PROTOCOLS, "augmented") == PROTOCOLS
 
 
 def _encoder(config):

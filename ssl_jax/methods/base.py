@@ -32,6 +32,14 @@ Conventions the trainer relies on:
 - `update_extra(extra, aux, params=..., step=...)` returns the extra state after the optimiser
   step, given the NEW online parameters (EMA targets: tau * target + (1 - tau) * params).
 - `validate()` raises UserError for a config the method cannot run (before any work starts).
+- `load_pretrained(state)` fills a FRESH state from files (a pretrained encoder to fine-tune, a
+  teacher to distil from); the trainer calls it once, never on resume, and shards the result.
+- `frozen_parts()` names top-level parts of the network the optimiser never changes (the
+  linear protocol's encoder): their updates are zero and they carry no optimiser state.
+- Methods with `has_classifier` (supervised fine-tuning, the augmented linear protocol,
+  distillation) output "logits" [VB, C] and are evaluated by their own top-1 / top-5 on the
+  test split, reported as `<result_name>_top1`, instead of kNN and a linear probe on the
+  backbone's features; they get no online probe.
 """
 
 import dataclasses
@@ -60,6 +68,7 @@ class StepInputs:
     apply_target: Callable[[PyTree, list], tuple[dict, PyTree]]
     net: Any = None  # the network module, for methods that apply it in other ways
     mesh: Any = None  # the device mesh, for per-device computations with jax.shard_map
+    labels: jax.Array | None = None  # int32 [B] of the first view's images (-1: unlabelled)
 
 
 class Method(Protocol):
@@ -88,13 +97,17 @@ class Method(Protocol):
 class MethodBase:
     """Defaults for the parts most methods share: two views from config.views, no extra state.
 
-    `total_steps` is the length of the run, for schedules a method owns (the EMA rate).
+    `total_steps` is the length of the run, for schedules a method owns (the EMA rate);
+    `num_classes` is the train split's (0: unlabelled, or not known yet when a config is checked).
     """
 
     config: ml_collections.ConfigDict
     total_steps: int = 0
+    num_classes: int = 0
     encoder_name: ClassVar[str] = "backbone"
     has_predictor: ClassVar[bool] = False
+    has_classifier: ClassVar[bool] = False
+    result_name: ClassVar[str] = ""  # results.json's `<result_name>_top1` (has_classifier)
 
     def validate(self) -> None:
         temperature = self.config.get("temperature", None)
@@ -113,3 +126,13 @@ class MethodBase:
 
     def update_extra(self, extra, aux, *, params, step):
         return extra
+
+    def load_pretrained(self, state):
+        return state
+
+    def frozen_parts(self) -> tuple[str, ...]:
+        return ()
+
+    def extra_results(self) -> dict:
+        """Facts for results.json beside the evaluation (a distillation's teacher)."""
+        return {}

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 
 from ssl_jax.errors import UserError
+from ssl_jax.models.classifier import Classifier
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.models.resnet import STAGE_SIZES, ResNet
 
@@ -55,6 +56,7 @@ def compute_dtype(name: str):
 
 __all__ = [
     "BACKBONES",
+    "Classifier",
     "MLPHead",
     "ResNet",
     "backbone_param_count",

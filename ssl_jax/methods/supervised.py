@@ -1,0 +1,104 @@
+"""Supervised training of a classifier on the encoder: fine-tuning and the augmented linear probe.
+
+Two protocols of the papers, one method (configs/finetune.py, and the `augmented` protocol of
+configs/linear_eval.py):
+  fine-tuning   the whole encoder and a new linear layer trained on a labelled subset of the
+                train split (`label_fraction`: SimCLR v2's 1% / 10%), started from a pretrained
+                encoder (`pretrained`) or, for the supervised baseline, from scratch;
+  augmented     the linear layer alone on the FROZEN encoder (`frozen_encoder`): the encoder's
+                BatchNorm in inference mode, its parameters never updated (SimCLR appendix B.5,
+                BYOL appendix C.1), views through random resized crop and flip.
+The classifier is evaluated by its own top-1 / top-5 on the test split, and exported beside the
+encoder (export/head) so that distillation can use it as a teacher.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ssl_jax import checkpoint, models
+from ssl_jax.errors import UserError
+from ssl_jax.methods.base import MethodBase
+from ssl_jax.models import Classifier
+
+
+def classification_metrics(logits, labels) -> tuple[jax.Array, dict]:
+    """Mean softmax cross-entropy and top-1 of [N, C] logits against int labels [N]."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    top1 = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    return loss, {"train_top1": top1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Supervised(MethodBase):
+    has_classifier = True
+
+    @property
+    def result_name(self) -> str:
+        return "augmented" if self.config.frozen_encoder else "finetune"
+
+    def validate(self) -> None:
+        super().validate()
+        if bool(self.config.pretrained) == bool(self.config.from_scratch):
+            raise UserError("set --config.pretrained=PATH (a pretraining workdir or its export/) "
+                            "to fine-tune, or --config.from_scratch=True for the supervised "
+                            "baseline, not both")  # fmt: skip
+        if self.config.pretrained:
+            pretrained_spec(self.config)  # the export exists and fits config.model
+
+    def view_recipes(self) -> list[str]:
+        return list(self.config.views)
+
+    def network(self) -> Classifier:
+        if self.num_classes < 1:
+            raise UserError(f"{self.config.dataset} has no labels: supervised training needs "
+                            "a labelled dataset")  # fmt: skip
+        backbone = models.build_backbone(self.config)
+        return Classifier(backbone, max(self.num_classes, 1), self.config.frozen_encoder)
+
+    def loss(self, outputs, inputs):
+        labels = jnp.tile(inputs.labels, len(inputs.views))  # [VB], views stacked view-major
+        loss, metrics = classification_metrics(outputs["logits"], labels)
+        return loss, metrics, {}
+
+    def load_pretrained(self, state):
+        if not self.config.pretrained:
+            return state
+        variables = load_encoder_variables(self.config.pretrained)
+        params = {**state.params, self.encoder_name: variables["params"]}
+        stats = {**state.batch_stats, self.encoder_name: variables["batch_stats"]}
+        return state.replace(params=params, batch_stats=stats)
+
+    def frozen_parts(self) -> tuple[str, ...]:
+        return (self.encoder_name,) if self.config.frozen_encoder else ()
+
+
+def pretrained_spec(config) -> dict:
+    """The pretrained export's encoder.json, checked against config.model (UserError)."""
+    try:
+        _, spec = checkpoint.find_export(config.pretrained)
+    except FileNotFoundError:
+        raise UserError(f"pretrained={config.pretrained!r} holds no exported encoder "
+                        f"({checkpoint.ENCODER_SPEC} not found): pass a finished pretraining "
+                        "workdir or its export/ folder") from None  # fmt: skip
+    built = models.build_backbone(config)
+    arch = spec["architecture"]
+    mine = {"depth": built.depth, "width": built.width, "cifar_stem": built.cifar_stem}
+    theirs = {k: arch[k] for k in mine}
+    if mine != theirs:
+        raise UserError(
+            f"the pretrained encoder is resnet{arch['depth']} x{arch['width']:g} (cifar_stem="
+            f"{arch['cifar_stem']}), the config builds resnet{mine['depth']} x{mine['width']:g} "
+            f"(cifar_stem={mine['cifar_stem']}): add --config.model.name=resnet{arch['depth']} "
+            f"--config.model.width={arch['width']:g} --config.model.cifar_stem={arch['cifar_stem']}"
+        )
+    return spec
+
+
+def load_encoder_variables(path: str) -> dict:
+    """The exported encoder's {"params", "batch_stats"} as host arrays."""
+    _, variables = checkpoint.load_encoder(path)
+    return jax.tree.map(np.asarray, variables)

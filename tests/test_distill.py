@@ -1,0 +1,107 @@
+"""Distillation (methods/distill.py): the loss against SimCLR v2's formula, the frozen teacher
+in the state, and a run through the command line from an exported classifier."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import method_checks as mc
+from ssl_jax import checkpoint, losses
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def distillation_numpy(student, teacher, tau):
+    def softmax(x):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    return -np.mean(np.sum(softmax(teacher / tau) * np.log(softmax(student / tau)), axis=1))
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.5])
+def test_loss_matches_formula_and_is_smallest_at_the_teachers_distribution(tau):
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(size=(5, 7)), rng.normal(size=(5, 7)) * 3
+    np.testing.assert_allclose(
+        losses.distillation(student, teacher, tau), distillation_numpy(student, teacher, tau),
+        rtol=1e-5)  # fmt: skip
+    # No gradient reaches the teacher; the student's gradient vanishes where it equals it.
+    grad_t = jax.grad(lambda t: losses.distillation(jnp.asarray(student), t, tau))(teacher)
+    assert np.all(np.asarray(grad_t) == 0)
+    grad_s = jax.grad(lambda s: losses.distillation(s, jnp.asarray(teacher), tau))(teacher)
+    np.testing.assert_allclose(grad_s, 0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A classifier exported as a fine-tuning run exports it (random encoder and head)."""
+    path = str(tmp_path_factory.mktemp("teacher") / "export")
+    mc.random_export(path)
+    _, spec = checkpoint.find_export(path)
+    _, variables = checkpoint.load_encoder(path)
+    rng = np.random.default_rng(1)
+    head = {"params": {"kernel": rng.normal(size=(64, 10)).astype(np.float32),
+                       "bias": np.zeros(10, np.float32)}}  # fmt: skip
+    spec = {**spec, "method": "supervised", "classifier": {"num_classes": 10, "top1": 0.25}}
+    checkpoint.export_encoder(path, spec=spec, variables=variables, head=head)
+    return os.path.dirname(path)  # the run's workdir: its export/ is found
+
+
+def test_the_teacher_is_loaded_frozen_and_in_inference_mode(teacher):
+    mesh, training, state, step = mc.setup("distill", 1, (("teacher", teacher),))
+    method = training.method
+    state = method.load_pretrained(state)
+    apply_fn, variables, _ = checkpoint.load_classifier(teacher)
+    for a, b in zip(jax.tree.leaves(state.extra["teacher"]), jax.tree.leaves(variables),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+    batch = mc.batch(mesh, num_views=1)
+    after, metrics = step(state, batch)
+    after, _ = step(after, batch)
+    for a, b in zip(jax.tree.leaves(after.extra["teacher"]), jax.tree.leaves(variables),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)  # never trained, BatchNorm statistics untouched
+    # The loss is the formula on the teacher's inference-mode logits of the same views.
+    student = training.net.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch["views"], train=True,
+        mutable=["batch_stats"])[0]["logits"]  # fmt: skip
+    teacher_logits = apply_fn(variables, batch["views"][0])
+    expected = distillation_numpy(np.asarray(student), np.asarray(teacher_logits), 1.0)
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-4)
+
+
+def run_cli(*overrides, timeout=300):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")  # fmt: skip
+    config_file = os.path.join(REPO, "configs", "distill.py")
+    cmd = [sys.executable, "-m", "ssl_jax.main", f"--config={config_file}:runlocal", *overrides]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_distillation_through_the_command_line(teacher, tmp_path):
+    result = run_cli(f"--workdir={tmp_path}", f"--config.teacher={teacher}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "distill top-1" in result.stdout
+    results = json.load(open(tmp_path / "results.json"))
+    assert (results["protocol"], results["teacher"], results["teacher_top1"]) == (
+        "distill", teacher, 0.25)  # fmt: skip
+    assert 0 <= results["distill_top1"] <= results["distill_top5"] <= 1
+    # The student is itself a classifier: it can teach the next student.
+    _, _, spec = checkpoint.load_classifier(str(tmp_path))
+    assert spec["classifier"] == {"num_classes": 10, "top1": results["distill_top1"]}
+
+
+def test_a_teacher_without_a_classifier_is_a_one_line_error(tmp_path):
+    encoder_only = mc.random_export(str(tmp_path / "pretrained" / "export"))
+    result = run_cli(f"--workdir={tmp_path / 'w'}", f"--config.teacher={encoder_only}",
+                     timeout=120)  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "fine-tune it first" in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "w")
