@@ -59,4 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif preset == "runlocal":
         config.projector.hidden_dim = config.predictor.hidden_dim = 32
         config.projector.out_dim = config.predictor.out_dim = 16
+    # Multi-crop, off by default: --config.num_local_views=6 adds 6 local crops (96 px; 16 px in
+    # the 32 px presets) of the view2 recipe as it stands after the preset.
+    config_base.local_views(config, "view2")
     return config_base.finish_preset(config, preset)

@@ -50,4 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif preset == "runlocal":
         config.projector.out_dim = 16
         config.augment.simclr.color_jitter_strength = 0.5
+    # Multi-crop, off by default: --config.num_local_views=6 adds 6 local crops (96 px; 16 px in
+    # the 32 px presets) of the simclr recipe as it stands after the preset.
+    config_base.local_views(config, "simclr")
     return config_base.finish_preset(config, preset)

@@ -149,12 +149,12 @@ def load_encoder(path: str) -> tuple[Callable, dict]:
       images are NHWC uint8 (or float in 0..255) at the training resolution. Normalisation is
       inside the model, so raw pixels go in.
     """
-    from ssl_jax.models import ResNet  # the architecture is all we need from the package
+    from ssl_jax.models import backbone_from_spec  # the architecture is all we need here
 
     path, spec = find_export(path)
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore(os.path.abspath(os.path.join(path, ENCODER_VARIABLES)))
-    module = ResNet(**spec["architecture"])
+    module = backbone_from_spec(spec["architecture"])
 
     @jax.jit
     def apply_fn(variables, images):
@@ -170,7 +170,7 @@ def load_classifier(path: str) -> tuple[Callable, dict, dict]:
       (apply_fn, variables, spec) with `apply_fn(variables, images) -> [N, C] float32 logits`
       for NHWC uint8 images at the training resolution, and the export's encoder.json.
     """
-    from ssl_jax.models import Classifier, ResNet
+    from ssl_jax.models import Classifier, backbone_from_spec
 
     path, spec = find_export(path)
     if "classifier" not in spec or not os.path.isdir(os.path.join(path, HEAD_VARIABLES)):
@@ -181,9 +181,9 @@ def load_classifier(path: str) -> tuple[Callable, dict, dict]:
         head = ckptr.restore(os.path.abspath(os.path.join(path, HEAD_VARIABLES)))
     variables = {
         "params": {"backbone": encoder["params"], "head": head["params"]},
-        "batch_stats": {"backbone": encoder["batch_stats"]},
+        "batch_stats": {"backbone": encoder.get("batch_stats", {})},  # {}: a ViT
     }
-    module = Classifier(ResNet(**spec["architecture"]), spec["classifier"]["num_classes"])
+    module = Classifier(backbone_from_spec(spec["architecture"]), spec["classifier"]["num_classes"])
 
     @jax.jit
     def apply_fn(variables, images):

@@ -48,6 +48,10 @@ def shared(method: str) -> ml_collections.ConfigDict:
             name="resnet50",
             width=1.0,  # channel multiplier: 1.0 is 64 stem channels
             cifar_stem=ml_collections.FieldReference(None, field_type=bool),  # None: auto, <= 64 px
+            # Vision Transformers (model.name vit_t16 | vit_s16 | vit_b16; width must be 1.0):
+            patch_size=0,  # 0: the name's 16; 4 or 8 for 32 px data
+            pool="cls",  # features: "cls" token or "mean" of the patch tokens
+            posemb="learn",  # position embeddings: "learn" or fixed "sincos2d"
         )
     )
     config.knn = ml_collections.ConfigDict(dict(k=200, temperature=0.07))  # Wu et al. 2018
@@ -108,6 +112,18 @@ def mocov2_views(config: ml_collections.ConfigDict, name: str) -> None:
     config.views = (name, name)
 
 
+def local_views(config: ml_collections.ConfigDict, like: str, *, size: int = 96,
+                crop_area=(0.05, 0.14)) -> None:  # fmt: skip
+    """Multi-crop's local views (SwAV, Caron et al. 2020 section 3.2: 96 px crops of 5-14% of the
+    image), off until `--config.num_local_views=N`: the recipe `local` is the global recipe
+    `like` at another size and crop area. Global views stay as configured (SwAV's own global
+    crops cover 14-100%: set the global recipe's crop_area to match the paper)."""
+    recipe = ml_collections.ConfigDict(config.augment[like].to_dict())
+    recipe.size, recipe.crop_area = size, crop_area
+    config.augment.local = recipe
+    config.num_local_views = 0
+
+
 def small_image_views(config: ml_collections.ConfigDict) -> None:
     """32 px data: no blur (every CIFAR recipe of the anchors drops it)."""
     for recipe in config.augment.values():
@@ -146,6 +162,8 @@ def finish_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collecti
         config.eval_random_init = False
         config.eval_max_examples = 1000  # a smoke run: 1,000 train and 1,000 test images
         config.save_pictures = False  # 15 s of t-SNE and drawing; python -m ssl_jax.visualize
+    if "local" in config.augment:  # multi-crop's CIFAR analogue: 2 x 32 px + N x 16 px
+        config.augment.local.size = config.image_size // 2
     small_image_views(config)
     return config
 

@@ -218,3 +218,196 @@ def distillation(
     targets = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1)
     log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
     return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
+
+
+def sinkhorn(scores: jax.Array, iterations: int = 3, epsilon: float = 0.05) -> jax.Array:
+    """SwAV's Sinkhorn-Knopp codes: equipartitioned soft assignments of the batch to prototypes.
+
+    Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster
+    Assignments", section 3.1 and Algorithm 1; the official code's `distributed_sinkhorn`
+    (facebookresearch/swav main_swav.py). With B samples (the GLOBAL batch) and P prototypes:
+
+        Q = exp(scores / epsilon).T                       [P, B]
+        Q = Q / sum(Q)
+        repeat `iterations` times:
+            Q = Q / Q.sum(axis=1, keepdims=True) / P      each prototype gets 1/P of the mass
+            Q = Q / Q.sum(axis=0, keepdims=True) / B      each sample gets 1/B of the mass
+        codes = (B * Q).T                                 [B, P], each row sums to 1
+
+    The last normalisation is over prototypes, so every row of the codes sums to 1 exactly;
+    the columns sum to B / P (the equipartition) once the iterations have converged (3 are
+    few: the columns are only roughly equal). The official code all-reduces the per-prototype
+    sums over GPUs and uses B = local batch x world size; here the sums over axis 0 of `scores`
+    are over the global batch (cross-device reductions under jit), which is the same thing.
+
+    Numerics: float32, in the log domain (log-sum-exp normalisations). It is the same algorithm:
+    every step above divides rows or columns by a positive sum, which in logs is subtracting a
+    log-sum-exp, and a constant added to all scores (the global max subtracted first, and the
+    log-sum-exp's own max shifts) cancels in the first normalisation. Unlike exp(scores / 0.05)
+    in float32 it neither overflows nor underflows a whole sample's column to 0 (0 / 0) for
+    wide-spread scores.
+
+    The codes are targets: returned under stop_gradient.
+
+    Args:
+      scores: [B, P] prototype scores z . c (before any temperature), any float dtype. With
+        SwAV's queue, the method passes the queue's scores concatenated before the batch's and
+        keeps the last B rows of the codes.
+      iterations: number of (prototype, sample) normalisation rounds (SwAV: 3), >= 0.
+      epsilon: entropic regularisation (SwAV: 0.05; lower is sharper).
+
+    Returns:
+      [B, P] float32 codes, each row a distribution over the prototypes.
+    """
+    b, p = scores.shape
+    scores = jax.lax.stop_gradient(scores).astype(jnp.float32)  # [B, P]
+    # Shifting all scores by a constant leaves the codes unchanged (it cancels in Q / sum(Q)).
+    # Subtracting the global max BEFORE dividing by epsilon keeps the exponents small, so the
+    # float32 rounding of s / epsilon (relative to |s / epsilon|) stays small too.
+    log_q = (scores - jnp.max(scores)) / epsilon  # [B, P], log Q.T, <= 0
+    log_q = log_q - jax.nn.logsumexp(log_q)  # Q / sum(Q), over the global batch
+    log_b, log_p = jnp.log(jnp.float32(b)), jnp.log(jnp.float32(p))
+
+    def normalise(_, log_q):
+        # Per prototype (a sum over the batch axis: cross-device under sharding): mass 1 / P.
+        log_q = log_q - jax.nn.logsumexp(log_q, axis=0, keepdims=True) - log_p
+        # Per sample (over prototypes, local to a device): mass 1 / B.
+        return log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True) - log_b
+
+    log_q = jax.lax.fori_loop(0, iterations, normalise, log_q)  # one compiled body, any count
+    return jax.lax.stop_gradient(jnp.exp(log_q + log_b))  # [B, P]: Q *= B, rows sum to 1
+
+
+def _cross_entropy_matrix(targets: jax.Array, log_probs: jax.Array) -> jax.Array:
+    """[A, B, K] targets, [C, B, K] log-probabilities -> [A, C]: -1/B sum_b sum_k t log p."""
+    batch = targets.shape[1]
+    return -jnp.einsum("abk,cbk->ac", targets, log_probs) / batch  # sums over the global batch
+
+
+def _mean_over_other_crops(ce: jax.Array) -> jax.Array:
+    """[A, C] cross-entropies, crop a of the targets = crop a of the predictions for a < A:
+    the mean over the A x (C - 1) pairs with different crops."""
+    a, c = ce.shape
+    different = jnp.arange(a)[:, None] != jnp.arange(c)[None, :]  # [A, C]
+    return jnp.sum(jnp.where(different, ce, 0.0)) / (a * (c - 1))
+
+
+def swav(
+    global_scores: jax.Array,
+    local_scores: jax.Array | None,
+    temperature: float = 0.1,
+    iterations: int = 3,
+    epsilon: float = 0.05,
+) -> jax.Array:
+    """SwAV's swapped prediction loss (Caron et al. 2020, Eq. 1-3; main_swav.py `train`).
+
+    With the scores s_v = z_v . C of every crop v (V global crops, then L local crops; the
+    prototypes C and the embeddings z l2-normalised by the method), the codes of each global
+    crop q_i = sinkhorn(s_i, iterations, epsilon) (stop_gradient, computed per crop over the
+    GLOBAL batch, as the code's loop over `crops_for_assign`), and p_v = softmax(s_v / t):
+
+        l(i, v) = -1/B sum_b sum_p q_i[b, p] log p_v[b, p]
+        loss = 1/V sum_{i < V} 1/(V + L - 1) sum_{v != i} l(i, v)
+
+    i.e. for each global crop, the mean over all the other crops (the other global crops and
+    every local crop) of the cross-entropy against its codes, then the mean over the global
+    crops; each cross-entropy is a mean over the global batch. The official code divides the
+    subloss by (num_crops - 1) and the total by len(crops_for_assign), the same numbers.
+
+    Args:
+      global_scores: [V, B, P] scores of the V >= 2 global crops (these give the codes).
+      local_scores: [L, B, P] scores of the local crops, or None.
+      temperature: t of the predictions' softmax (SwAV: 0.1).
+      iterations: Sinkhorn iterations (SwAV: 3).
+      epsilon: Sinkhorn's regularisation (SwAV: 0.05).
+
+    Returns:
+      Scalar float32 loss; log(P) when all scores are equal.
+    """
+    global_scores = global_scores.astype(jnp.float32)
+    if global_scores.shape[0] < 2:
+        raise ValueError(f"swav needs at least 2 global crops, got {global_scores.shape[0]}")
+    codes = jax.vmap(lambda s: sinkhorn(s, iterations, epsilon))(global_scores)  # [V, B, P]
+    crops = global_scores
+    if local_scores is not None:
+        crops = jnp.concatenate([global_scores, local_scores.astype(jnp.float32)], axis=0)
+    log_probs = jax.nn.log_softmax(crops / temperature, axis=-1)  # [V + L, B, P]
+    return _mean_over_other_crops(_cross_entropy_matrix(codes, log_probs))  # [V, V + L] -> ()
+
+
+def dino(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    center: jax.Array,
+    student_temperature: float = 0.1,
+    teacher_temperature: float = 0.04,
+) -> jax.Array:
+    """DINO's self-distillation loss (Caron et al. 2021, Eq. 2-3 and Algorithm 1; main_dino.py
+    `DINOLoss.forward`), without the centre update (see dino_center_update).
+
+    With the teacher's crops t < T (the global crops) and the student's crops s < S (the same
+    global crops first, in the same order, then the local crops):
+
+        P_t = softmax((g_t - center) / teacher_temperature)     stop_gradient (centre included)
+        log P_s = log_softmax(f_s / student_temperature)
+        l(t, s) = -1/B sum_b sum_k P_t[b, k] log P_s[b, k]
+        loss = 1 / (T (S - 1)) * sum_{t < T} sum_{s != t} l(t, s)
+
+    The mean is over the T x S - T (teacher crop, student crop) pairs that are not the same
+    crop (the code skips v == iq): 2 pairs for 2 global crops alone, 2 x 10 - 2 = 18 for
+    2 + 8 local crops. Each l is a mean over the GLOBAL batch (the code's per-GPU mean, averaged
+    by DDP's gradient all-reduce, is the same for equal per-GPU batches).
+
+    Args:
+      student_logits: [S, B, K] student outputs, the T global crops first (S >= T).
+      teacher_logits: [T, B, K] teacher outputs of the global crops.
+      center: [K] or [1, K] running centre of the teacher outputs.
+      student_temperature: (DINO: 0.1).
+      teacher_temperature: (DINO: 0.04, or the warm-up 0.04 -> 0.07 the method schedules).
+
+    Returns:
+      Scalar float32 loss.
+    """
+    num_teacher, num_student = teacher_logits.shape[0], student_logits.shape[0]
+    if num_student < num_teacher or num_student < 2:
+        raise ValueError(
+            f"dino needs the student's crops to start with the teacher's {num_teacher} (and at "
+            f"least 2 crops), got {num_student} student crops"
+        )
+    center = jnp.reshape(center.astype(jnp.float32), (-1,))  # [K]
+    targets = jax.nn.softmax(
+        (teacher_logits.astype(jnp.float32) - center) / teacher_temperature, axis=-1
+    )
+    targets = jax.lax.stop_gradient(targets)  # [T, B, K]
+    log_probs = jax.nn.log_softmax(
+        student_logits.astype(jnp.float32) / student_temperature, axis=-1
+    )  # [S, B, K]
+    return _mean_over_other_crops(_cross_entropy_matrix(targets, log_probs))  # [T, S] -> ()
+
+
+def dino_center_update(
+    center: jax.Array, teacher_logits: jax.Array, momentum: float = 0.9
+) -> jax.Array:
+    """DINO's centre EMA (Caron et al. 2021, Eq. 4; main_dino.py `DINOLoss.update_center`).
+
+        center <- momentum * center + (1 - momentum) * mean_{crops, batch} g
+
+    The mean is over every teacher crop and the GLOBAL batch. DINO's code sums over its local
+    rows, all-reduces the sum over GPUs and divides by local batch x crops x world size; under
+    jit with the batch sharded the mean here is that global mean (XLA inserts the reduction).
+    No gradient: the centre is state, not a parameter.
+
+    Args:
+      center: [K] or [1, K] current centre.
+      teacher_logits: [T, B, K] (or [T * B, K]) teacher outputs of this step.
+      momentum: (DINO: 0.9).
+
+    Returns:
+      [K] float32 new centre.
+    """
+    k = teacher_logits.shape[-1]
+    g = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
+    # Mean over every axis but K (no reshape: that would move the batch-sharded axis).
+    batch_center = jnp.mean(g, axis=tuple(range(g.ndim - 1)))  # [K], crops and global batch
+    center = jax.lax.stop_gradient(jnp.reshape(center.astype(jnp.float32), (k,)))
+    return momentum * center + (1.0 - momentum) * batch_center

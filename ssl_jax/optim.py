@@ -34,14 +34,17 @@ def decay_mask(params) -> dict:
     """True for parameters that get weight decay and trust-ratio adaptation.
 
     Kernels (ndim > 1) are adapted; biases and BatchNorm/LayerNorm scales and offsets (ndim 1)
-    are not. Anything whose path goes through a normalisation layer is excluded too, so a
-    future norm with 2-D parameters stays excluded.
+    are not, nor a ViT's class token and position embeddings. Anything whose path goes through a
+    normalisation layer is excluded too, so a future norm with 2-D parameters stays excluded.
     """
 
     def is_adapted(path, leaf) -> bool:
         names = [str(getattr(k, "key", k)).lower() for k in path]
         in_norm = any("norm" in n or n.startswith("bn") for n in names)
-        return leaf.ndim > 1 and not in_norm
+        # A ViT's class token and position embeddings are not decayed either (timm's
+        # no_weight_decay, as in DINO's and MoCo v3's code).
+        is_token = bool(names) and names[-1] in ("cls", "pos_embedding")
+        return leaf.ndim > 1 and not in_norm and not is_token
 
     return jax.tree_util.tree_map_with_path(is_adapted, params)
 

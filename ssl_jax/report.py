@@ -3,10 +3,11 @@
 Reads each workdir's results.json (and config.json and metrics.jsonl beside it) and prints a row
 per (encoder, protocol): the trained encoder and, when the run evaluated one, the random-init
 baseline. A protocol is any numeric `<name>_top1` key of results.json: `knn` and `linear` of a
-pretraining run; `knn`, `frozen_features` and `fewshot_<n>shot` (the mean over draws) of an
-evaluation run (configs/linear_eval.py, configs/fewshot.py), whose results.json also names the
-encoder it evaluated (method, backbone, pretraining epochs). `<name>_top5` fills the top-5
-column when present; `<name>_labels` or `label_fraction` the labels column.
+pretraining run; `knn`, `frozen_features`, `augmented` and `fewshot_<n>shot` (the mean over
+draws) of an evaluation run (configs/linear_eval.py, configs/fewshot.py); `finetune` and
+`distill` of a classifier's run (configs/finetune.py, configs/distill.py). The last two kinds
+also name the encoder they started from (method, backbone, pretraining epochs). `<name>_top5`
+fills the top-5 column when present; `<name>_labels` or `label_fraction` the labels column.
 
 Only the standard library: the report runs without jax or TensorFlow, in well under a second.
 """
@@ -80,7 +81,9 @@ def rows_of(workdir: str) -> list[dict]:
     backbone = model.get("name", "n/a")
     if model.get("width", 1.0) != 1.0:
         backbone += f" x{model['width']:g}"
-    evaluation = results.get("task") == "evaluate"
+    # Evaluation runs and classifiers trained on an encoder (fine-tuning, distillation) describe
+    # the encoder they started from; a pretraining run describes itself.
+    evaluation = results.get("task") == "evaluate" or "pretrain_epochs" in results
     fraction = results.get("label_fraction", 1.0)
     common = {
         "workdir": os.path.basename(os.path.normpath(workdir)),
@@ -89,12 +92,14 @@ def rows_of(workdir: str) -> list[dict]:
         "dataset": config.get("dataset", "n/a"),
         "epochs": results.get("pretrain_epochs") if evaluation else _last_epoch(workdir),
         "labels": f"{100 * fraction:g}%" if isinstance(fraction, (int, float)) else str(fraction),
-        "train_seconds": results.get("eval_seconds" if evaluation else "train_seconds"),
+        "train_seconds": results.get("train_seconds", results.get("eval_seconds")),
     }
     rows = []
     for key in sorted(results, key=lambda k: (k.startswith("random_init_"), k)):
         match = _TOP1.match(key)
         if not match or not isinstance(results[key], (int, float)):
+            continue
+        if match.group(2) == "teacher":  # a distillation's teacher: its own workdir's row
             continue
         prefix, protocol = match.group(1) or "", match.group(2)
         rows.append(

@@ -119,6 +119,9 @@ def main(argv=None) -> None:
         except FileNotFoundError:
             raise UserError(f"{args.export} holds no exported encoder ({checkpoint.ENCODER_SPEC} "
                             "not found): pass a run's export/ folder") from None  # fmt: skip
+        if spec["architecture"].get("name", "resnet") != "resnet":
+            raise UserError(f"{export} holds a {spec['architecture']['name']} encoder; only "
+                            "ResNets convert to torchvision's layout")  # fmt: skip
         _, variables = checkpoint.load_encoder(export)
         output = args.output or os.path.join(export, TORCHVISION_FILE)
         try:

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -65,7 +64,8 @@ class Run:
 
     def encoder_variables(self, state: TrainState) -> dict:
         name = self.training.method.encoder_name
-        return {"params": state.params[name], "batch_stats": state.batch_stats[name]}
+        # A ViT has no BatchNorm: no batch_stats.
+        return {"params": state.params[name], "batch_stats": state.batch_stats.get(name, {})}
 
     @functools.cached_property
     def encode(self):
@@ -146,10 +146,11 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
               num_steps, rng, resumed, mngr, is_lead)  # fmt: skip
 
     devices, per_device = mesh.devices.size, config.batch_size // mesh.devices.size
+    backbone = models.describe(models.architecture_spec(run.encoder))
     backbone_params = models.param_count(state.params[training.method.encoder_name])
     run.print(
         f"{config.method} on {train_source.name} ({train_source.num_examples} images, "
-        f"{train_source.num_classes or 'no'} classes) | {config.model.name} x{config.model.width} "
+        f"{train_source.num_classes or 'no'} classes) | {backbone} "
         f"({backbone_params / 1e6:.2f}M parameters) | {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s), {jax.process_count()} host(s) | global batch "
         f"{config.batch_size} = {devices} x {per_device} per device | lr {training.peak_lr:.4g} = "
@@ -258,12 +259,7 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
         baseline = run.evaluate(random_state)
         results.update({f"random_init_{k}": v for k, v in baseline.items()})
     spec = {
-        "architecture": {
-            "depth": encoder.depth,
-            "width": encoder.width,
-            "cifar_stem": encoder.cifar_stem,
-            "dtype": str(jnp.dtype(encoder.dtype)),
-        },
+        "architecture": models.architecture_spec(encoder),
         "image_size": config.image_size,
         "feature_dim": encoder.feature_dim,
         "method": config.method,
@@ -281,12 +277,12 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
         os.path.join(run.workdir, "export"), spec=spec, variables=variables, head=head
     )
     if run.is_lead:
-        # The same encoder for PyTorch users: torchvision's names and layouts.
-        torch_export.export_torchvision(
-            variables,
-            os.path.join(run.workdir, "export", torch_export.TORCHVISION_FILE),
-            spec=spec,
-        )
+        if isinstance(encoder, models.ResNet):  # for PyTorch users: torchvision's names, layouts
+            torch_export.export_torchvision(
+                variables,
+                os.path.join(run.workdir, "export", torch_export.TORCHVISION_FILE),
+                spec=spec,
+            )
         with open(os.path.join(run.workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
         writer.write({"step": int(state.step), **{k: v for k, v in results.items() if k != "step"}})

@@ -28,6 +28,8 @@ SLOW_FILES_FIRST = (
     "test_train.py",
     "test_mocov2.py",
     "test_byol.py",
+    "test_supervised.py",
+    "test_distill.py",
     "test_export.py",
     "test_mocov3.py",
     "test_cli_errors.py",

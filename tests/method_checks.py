@@ -47,13 +47,12 @@ def setup(method: str, num_devices: int, overrides: tuple = ()):
     return mesh, training, state, step
 
 
-def batch(mesh, num_views: int = 2, size: int = 16):
+def batch(mesh, num_views: int = 2, size: int = 16, sizes=None):
+    """A global batch of random views: `num_views` of `size` px, or one per entry of `sizes`."""
     rng = np.random.default_rng(0)
+    sizes = sizes or [size] * num_views
     host = {
-        "views": [
-            rng.integers(0, 256, (GLOBAL_BATCH, size, size, 3), dtype=np.uint8)
-            for _ in range(num_views)
-        ],
+        "views": [rng.integers(0, 256, (GLOBAL_BATCH, s, s, 3), dtype=np.uint8) for s in sizes],
         "label": rng.integers(0, NUM_CLASSES, (GLOBAL_BATCH,), dtype=np.int32),
     }
     return parallel.to_global(host, mesh)
@@ -70,7 +69,7 @@ def grads(training, state, global_batch, mesh=None):
 def two_steps(method: str, num_devices: int, overrides: tuple = ()) -> dict:
     """Initial state, gradients, the states after 1 and 2 steps and the metrics, on the host."""
     mesh, training, state, step = setup(method, num_devices, overrides)
-    b = batch(mesh, len(training.recipes))
+    b = batch(mesh, sizes=[r.size for r in training.recipes])
     g = grads(training, state, b, mesh)
     state1, metrics1 = step(state, b)
     state2, metrics2 = step(state1, b)  # sees updated BN statistics, momentum, EMA and queue

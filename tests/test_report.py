@@ -57,6 +57,29 @@ def test_top5_and_label_fraction_are_reported_when_present(tmp_path):
     assert "| finetune | 1% | 50.0 | 90.0 | 1h06m |" in report.markdown([row])
 
 
+def test_fine_tuning_and_distillation_rows_name_the_encoder_they_started_from(tmp_path):
+    config = {"method": "supervised", "dataset": "demo",
+              "model": {"name": "resnet18", "width": 0.125}}  # fmt: skip
+    tuned = {"protocol": "finetune", "label_fraction": 0.1, "method": "simclr", "encoder":
+             "trained", "pretrain_epochs": 6.41, "finetune_top1": 0.36, "finetune_top5": 0.86,
+             "train_seconds": 202.0, "eval_seconds": 5.0}  # fmt: skip
+    scratch = {**tuned, "method": "supervised", "encoder": "random init", "pretrain_epochs": 0}
+    student = {**tuned, "method": "distill", "encoder": "student", "label_fraction": 1.0,
+               "teacher_top1": 0.36}  # fmt: skip
+    student["distill_top1"] = student.pop("finetune_top1")
+    rows = [row for name, results in (("ft", tuned), ("sup", scratch), ("dist", student))
+            for row in report.rows_of(make_workdir(tmp_path, name, results, config))]  # fmt: skip
+    lines = report.markdown(rows).splitlines()[2:]
+    assert lines == [
+        "| ft | simclr | resnet18 x0.125 | demo | 6.41 | trained | finetune | 10% | 36.0 | 86.0 "
+        "| 3m22s |",
+        "| sup | supervised | resnet18 x0.125 | demo | 0.00 | random init | finetune | 10% | 36.0 "
+        "| 86.0 | 3m22s |",
+        "| dist | distill | resnet18 x0.125 | demo | 6.41 | student | distill | 100% | 36.0 | n/a "
+        "| 3m22s |",
+    ]
+
+
 def test_evaluation_workdir_names_the_encoder_it_evaluated(tmp_path):
     """An evaluation run (configs/linear_eval.py, fewshot.py): method, backbone and epochs come
     from the encoder it evaluated; few-shot rows say how many labels; per-l2 dicts are no rows."""

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssl_jax import checkpoint, data, parallel
+from ssl_jax import checkpoint, data, models, parallel
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.config_check import PROTOCOLS
 from ssl_jax.errors import UserError
@@ -59,8 +59,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = MetricsWriter(workdir, enabled=is_lead)
     start = time.time()
     image_size = config.image_size or spec["image_size"]
-    arch = spec["architecture"]
-    backbone = f"resnet{arch['depth']}" + (f" x{arch['width']:g}" if arch["width"] != 1 else "")
+    backbone = models.describe(spec["architecture"])
     encoder_kind = "random init" if config.random_init else "trained"
     print(
         f"{' + '.join(protocols)} on {train_source.name} ({train_source.num_examples} images) / "
@@ -171,15 +170,13 @@ def augmented_config(config, spec: dict, image_size: int) -> ml_collections.Conf
     """The training config of the augmented protocol: config.augmented, with the encoder, data
     and seed of the evaluation (its own copies of those keys are ignored)."""
     sub = copy.deepcopy(config.augmented)
-    arch = spec["architecture"]
     sub.pretrained = "" if config.random_init else config.pretrained
     sub.from_scratch = bool(config.random_init)  # the random-init baseline: a frozen random net
     sub.frozen_encoder = True
     sub.dataset, sub.data_dir, sub.seed = config.dataset, config.data_dir, config.seed
     sub.image_size = image_size
-    sub.model.name = f"resnet{arch['depth']}"
-    sub.model.width = arch["width"]
-    sub.model.cifar_stem = arch["cifar_stem"]
+    for key, value in models.model_config(spec["architecture"]).items():
+        sub.model[key] = value
     return sub
 
 
@@ -217,9 +214,7 @@ def _encoder(config):
                         "resume it)") from None  # fmt: skip
     apply_fn, variables = checkpoint.load_encoder(path)
     if config.random_init:
-        from ssl_jax.models import ResNet
-
-        module = ResNet(**spec["architecture"])
+        module = models.backbone_from_spec(spec["architecture"])
         dummy = jnp.zeros((1, spec["image_size"], spec["image_size"], 3), jnp.float32)
         variables = module.init(jax.random.key(config.seed), dummy, train=False)
     return spec, apply_fn, variables

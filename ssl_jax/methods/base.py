@@ -107,6 +107,7 @@ class MethodBase:
     encoder_name: ClassVar[str] = "backbone"
     has_predictor: ClassVar[bool] = False
     has_classifier: ClassVar[bool] = False
+    supports_multi_crop: ClassVar[bool] = False  # accepts config.num_local_views > 0
     result_name: ClassVar[str] = ""  # results.json's `<result_name>_top1` (has_classifier)
 
     def validate(self) -> None:
@@ -117,9 +118,18 @@ class MethodBase:
             raise UserError(
                 f"{self.config.method} has no predictor; remove the `predictor` config block"
             )
+        local = self.config.get("num_local_views", 0)
+        if local < 0 or (local and not self.supports_multi_crop):
+            raise UserError(f"num_local_views={local}: {self.config.method} takes no local crops "
+                            "(multi-crop); use 0")  # fmt: skip
+
+    @property
+    def num_global_views(self) -> int:
+        return len(self.config.views)
 
     def view_recipes(self) -> list[str]:
-        return list(self.config.views)
+        """config.views (the global views), then `num_local_views` views of recipe `local`."""
+        return list(self.config.views) + ["local"] * self.config.get("num_local_views", 0)
 
     def init_extra(self, variables, rng, sample_views):
         return {}

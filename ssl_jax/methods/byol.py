@@ -7,6 +7,9 @@ prediction with the OTHER view's target projection and sums the two (Eq. 2 symme
 
     L = byol(q(view1), z'(view2)) + byol(q(view2), z'(view1))
 
+With multi-crop (`num_local_views` > 0) the target sees the global views only, and L is twice
+the mean of byol(q(v), z'(t)) over the pairs (global view t, any other view v).
+
 As in BYOL's code, the target is initialised from a different key than the online network
 (its code notes this made no notable difference; `ema.copy_init=True` copies instead, as MoCo).
 The encoder that is evaluated and exported is the ONLINE backbone.
@@ -56,10 +59,19 @@ class BYOL(EMATargetMethod):
     def network(self):
         return network.build(self.config, predictor=True)
 
+    supports_multi_crop = True
+
     def loss(self, outputs, inputs):
-        p1, p2 = jnp.split(outputs["predictions"], 2, axis=0)  # 2 x [B, P], online
-        target, target_batch_stats = inputs.apply_target(inputs.extra["target"], inputs.views)
-        z1, z2 = jnp.split(target["projections"], 2, axis=0)  # 2 x [B, P], stop_gradient
-        loss = losses.byol(p1, z2) + losses.byol(p2, z1)
+        p = jnp.split(outputs["predictions"], len(inputs.views), axis=0)  # V x [B, P], online
+        # The target sees the global views only (local crops are never targets).
+        num_global = self.num_global_views
+        target, target_batch_stats = inputs.apply_target(
+            inputs.extra["target"], inputs.views[:num_global]
+        )
+        z = jnp.split(target["projections"], num_global, axis=0)  # G x [B, P], stop_gradient
+        # Every view's prediction against every OTHER global view's target, summed over the two
+        # directions as in Eq. 2 (2 x the mean over pairs: with two views, the sum above).
+        pairs = network.global_pairs(num_global, len(p))
+        loss = 2.0 * sum(losses.byol(p[v], z[t]) for t, v in pairs) / len(pairs)
         metrics = {"ema_tau": self.tau(inputs.step)}
         return loss, metrics, {"target_batch_stats": target_batch_stats}

@@ -1,7 +1,7 @@
 """Distillation (SimCLR v2, section 2, step 3): a fine-tuned teacher labels the unlabelled data.
 
 The teacher is an exported classifier (a configs/finetune.py run: encoder + linear layer, any
-ResNet), frozen and in inference mode. The student (config.model: the same or a smaller
+backbone), frozen and in inference mode. The student (config.model: the same or a smaller
 backbone) sees the same augmented views and is trained on the teacher's soft targets at
 temperature tau over the whole train split, labels unused (ssl_jax.losses.distillation). The
 teacher's variables are part of the extra state, so a resumed run needs only its workdir.
@@ -19,7 +19,7 @@ import numpy as np
 from ssl_jax import checkpoint, losses
 from ssl_jax.errors import UserError
 from ssl_jax.methods.supervised import Supervised
-from ssl_jax.models import Classifier, ResNet
+from ssl_jax.models import Classifier, backbone_from_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,8 @@ class Distill(Supervised):
     @functools.cached_property
     def teacher(self) -> Classifier:
         spec = self.teacher_spec()
-        return Classifier(ResNet(**spec["architecture"]), spec["classifier"]["num_classes"])
+        backbone = backbone_from_spec(spec["architecture"])
+        return Classifier(backbone, spec["classifier"]["num_classes"])
 
     def network(self) -> Classifier:
         teacher_classes = self.teacher.num_classes
@@ -67,7 +68,8 @@ class Distill(Supervised):
 
     def extra_results(self) -> dict:
         classifier = self.teacher_spec()["classifier"]
-        return {"teacher": self.config.teacher, "teacher_top1": classifier.get("top1")}
+        return {**super().extra_results(), "method": "distill", "encoder": "student",
+                "teacher": self.config.teacher, "teacher_top1": classifier.get("top1")}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)

@@ -33,14 +33,35 @@ class SiameseNetwork(nn.Module):
 
     def target(self, views, train: bool = False) -> dict:
         batch = views[0].shape[0]
-        images = jnp.concatenate(views, axis=0)  # [VB, H, W, 3], view-major
-        features = self.backbone(images, train=train)  # [VB, D]
+        features = backbone_by_resolution(self.backbone, views, train)  # [VB, D], view-major
         projections = self.projector(features, train=train)  # [VB, P]
         return {
             "features": features,
             "projections": projections,
             "embedding": projections[:batch],  # [B, P], first view
         }
+
+
+def backbone_by_resolution(backbone: nn.Module, views: list, train: bool) -> jax.Array:
+    """Backbone features [VB, D] of V views, in view order, one pass per resolution group.
+
+    Consecutive views of the same size go through the backbone as one batch, as the SwAV and
+    DINO code run multi-crop (2 global crops, then the local crops): BatchNorm statistics are
+    those of each resolution group over the global batch. With views of one size (no multi-crop)
+    this is a single pass over all of them.
+    """
+    groups, start = [], 0
+    for end in range(1, len(views) + 1):
+        if end == len(views) or views[end].shape[1:3] != views[start].shape[1:3]:
+            groups.append(backbone(jnp.concatenate(views[start:end], axis=0), train=train))
+            start = end
+    return jnp.concatenate(groups, axis=0) if len(groups) > 1 else groups[0]
+
+
+def global_pairs(num_global: int, num_views: int) -> list[tuple[int, int]]:
+    """The ordered (global view, other view) pairs of multi-crop losses: every global view
+    against every other view, global or local (SwAV's and DINO's loops)."""
+    return [(i, v) for i in range(num_global) for v in range(num_views) if v != i]
 
 
 def mlp_head(head: ml_collections.ConfigDict, *, in_dim: int, dtype) -> models.MLPHead:

@@ -49,9 +49,6 @@ class Supervised(MethodBase):
         if self.config.pretrained:
             pretrained_spec(self.config)  # the export exists and fits config.model
 
-    def view_recipes(self) -> list[str]:
-        return list(self.config.views)
-
     def network(self) -> Classifier:
         if self.num_classes < 1:
             raise UserError(f"{self.config.dataset} has no labels: supervised training needs "
@@ -69,8 +66,18 @@ class Supervised(MethodBase):
             return state
         variables = load_encoder_variables(self.config.pretrained)
         params = {**state.params, self.encoder_name: variables["params"]}
-        stats = {**state.batch_stats, self.encoder_name: variables["batch_stats"]}
+        stats = dict(state.batch_stats)
+        if self.encoder_name in stats:  # a ViT has no BatchNorm statistics
+            stats[self.encoder_name] = variables["batch_stats"]
         return state.replace(params=params, batch_stats=stats)
+
+    def extra_results(self) -> dict:
+        """Which encoder was trained on, for the report's row beside the pretraining's."""
+        if not self.config.pretrained:
+            return {"method": "supervised", "encoder": "random init", "pretrain_epochs": 0}
+        spec = pretrained_spec(self.config)
+        return {"method": spec.get("method"), "encoder": "trained",
+                "pretrain_epochs": spec.get("epochs")}  # fmt: skip
 
     def frozen_parts(self) -> tuple[str, ...]:
         return (self.encoder_name,) if self.config.frozen_encoder else ()
@@ -84,16 +91,17 @@ def pretrained_spec(config) -> dict:
         raise UserError(f"pretrained={config.pretrained!r} holds no exported encoder "
                         f"({checkpoint.ENCODER_SPEC} not found): pass a finished pretraining "
                         "workdir or its export/ folder") from None  # fmt: skip
-    built = models.build_backbone(config)
-    arch = spec["architecture"]
-    mine = {"depth": built.depth, "width": built.width, "cifar_stem": built.cifar_stem}
-    theirs = {k: arch[k] for k in mine}
+    # The compute dtype may differ (fine-tune in float32 what was pretrained in bfloat16).
+    mine = {k: v for k, v in models.architecture_spec(models.build_backbone(config)).items()
+            if k != "dtype"}  # fmt: skip
+    theirs = {k: v for k, v in spec["architecture"].items() if k != "dtype"}
     if mine != theirs:
+        flags = " ".join(f"--config.model.{k}={v:g}" if isinstance(v, float) else
+                         f"--config.model.{k}={v}"
+                         for k, v in models.model_config(theirs).items())  # fmt: skip
         raise UserError(
-            f"the pretrained encoder is resnet{arch['depth']} x{arch['width']:g} (cifar_stem="
-            f"{arch['cifar_stem']}), the config builds resnet{mine['depth']} x{mine['width']:g} "
-            f"(cifar_stem={mine['cifar_stem']}): add --config.model.name=resnet{arch['depth']} "
-            f"--config.model.width={arch['width']:g} --config.model.cifar_stem={arch['cifar_stem']}"
+            f"the pretrained encoder is {models.describe(theirs)}, the config builds "
+            f"{models.describe(mine)}: add {flags}"
         )
     return spec
 
