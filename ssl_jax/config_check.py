@@ -20,7 +20,8 @@ PROTOCOLS = ("knn", "frozen_features", "fewshot", "augmented")
 _POSITIVE = ("image_size", "batch_size", "checkpoint_every_steps", "keep_checkpoints",
              "log_every_steps")  # fmt: skip
 _NON_NEGATIVE = ("num_epochs", "total_steps", "warmup_epochs", "eval_every_steps",
-                 "eval_batch_size", "eval_max_examples", "weight_decay")  # fmt: skip
+                 "eval_batch_size", "eval_max_examples", "weight_decay",
+                 "grad_clip_per_tensor")  # fmt: skip
 
 
 def _get(config, dotted: str):

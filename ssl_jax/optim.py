@@ -8,9 +8,12 @@ We compose optax's own LARS / LAMB / SGD / AdamW and only add what SSL recipes n
   square root `base_lr * sqrt(B)`);
 - linear warmup followed by cosine decay to zero, per step;
 - parameter groups (`config.param_groups`): a top-level part of the network (e.g. `predictor`)
-  with its own learning-rate multiplier or schedule, through optax.multi_transform; the decay and
-  trust-ratio masks still apply inside every group. SimSiam's predictor keeps a constant
-  learning rate this way (Chen & He 2021, section 4.4).
+  with its own learning-rate multiplier or schedule, or frozen for its first epochs, through
+  optax.multi_transform; the decay and trust-ratio masks still apply inside every group.
+  SimSiam's predictor keeps a constant learning rate this way (Chen & He 2021, section 4.4),
+  DINO's last layer is frozen for the first epoch;
+- DINO's two extras: a weight-decay schedule (`weight_decay_end`) and gradients clipped per
+  parameter tensor (`grad_clip_per_tensor`).
 """
 
 import functools
@@ -19,6 +22,7 @@ from collections.abc import Callable
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -27,7 +31,7 @@ from ssl_jax.errors import UserError
 OPTIMIZERS = ("lars", "lamb", "sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 GROUP_SCHEDULES = ("warmup_cosine", "constant")
-GROUP_KEYS = ("schedule", "lr_multiplier")
+GROUP_KEYS = ("schedule", "lr_multiplier", "frozen_epochs")
 
 
 def decay_mask(params) -> dict:
@@ -76,7 +80,7 @@ def make_optimizer(
     *,
     name: str,
     learning_rate: Callable | float,
-    weight_decay: float,
+    weight_decay: float | Callable,
     params=None,
     momentum: float = 0.9,
     nesterov: bool = False,
@@ -86,7 +90,8 @@ def make_optimizer(
     Args:
       name: one of OPTIMIZERS.
       learning_rate: a schedule or a constant (already scaled for the global batch).
-      weight_decay: decoupled weight-decay coefficient (SimCLR LARS: 1e-6).
+      weight_decay: decoupled weight-decay coefficient (SimCLR LARS: 1e-6), or a schedule of it
+        (not for LARS, whose optax form takes a constant).
       params: unused; the masks are computed from the tree the optimiser is given (which, inside
         a parameter group, is that group's part of the tree).
       momentum: for LARS and SGD.
@@ -94,6 +99,9 @@ def make_optimizer(
     """
     del params
     mask = decay_mask
+    if name == "lars" and callable(weight_decay):
+        raise UserError("weight_decay_end (a weight-decay schedule) needs optimizer sgd, lamb or "
+                        "adamw; LARS takes a constant weight_decay")  # fmt: skip
     if name == "lars":
         return optax.lars(
             learning_rate,
@@ -128,16 +136,20 @@ def from_config(
     peak_lr = scaled_learning_rate(config.base_lr, config.batch_size, config.lr_scaling)
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     schedule = warmup_cosine(peak_lr, warmup_steps, total_steps)
+    weight_decay = config.weight_decay
+    if config.get("weight_decay_end", None) is not None:  # DINO: cosine from 0.04 to 0.4
+        weight_decay = cosine_between(config.weight_decay, config.weight_decay_end, total_steps)
     optimizer = functools.partial(
         make_optimizer,
         name=config.optimizer,
-        weight_decay=config.weight_decay,
+        weight_decay=weight_decay,
         momentum=config.get("momentum", 0.9),
         nesterov=config.get("nesterov", False),
     )
+    clip = config.get("grad_clip_per_tensor", 0.0)
     groups = config.get("param_groups", None) or {}
     if not groups:
-        return optimizer(learning_rate=schedule), schedule, peak_lr
+        return with_clipping(optimizer(learning_rate=schedule), clip), schedule, peak_lr
 
     check_param_groups(groups, params)
     transforms = {"default": optimizer(learning_rate=schedule)}
@@ -148,12 +160,50 @@ def from_config(
         else:
             group_schedule = warmup_cosine(group_peak, warmup_steps, total_steps)
         transforms[name] = optimizer(learning_rate=group_schedule)
+        frozen_steps = int(round(group.get("frozen_epochs", 0) * steps_per_epoch))
+        if frozen_steps:
+            transforms[name] = frozen_until(transforms[name], frozen_steps)
 
     def labels(tree):
         return {key: jax.tree.map(lambda _, k=key: k if k in groups else "default", sub)
                 for key, sub in tree.items()}  # fmt: skip
 
-    return optax.multi_transform(transforms, labels), schedule, peak_lr
+    tx = optax.multi_transform(transforms, labels)
+    return with_clipping(tx, clip), schedule, peak_lr
+
+
+def cosine_between(start: float, end: float, total_steps: int) -> optax.Schedule:
+    """start -> end on a half cosine over the run (DINO's weight decay 0.04 -> 0.4)."""
+
+    def schedule(step):
+        progress = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
+        return end + (start - end) * (1.0 + jnp.cos(jnp.pi * progress)) / 2.0
+
+    return schedule
+
+
+def frozen_until(tx: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+    """`tx` with its gradients and updates zeroed for the first `steps` steps: DINO's last layer
+    and SwAV's prototypes in their first epoch (their code drops those gradients, so neither the
+    optimiser's moments nor the weight decay touch the parameters meanwhile)."""
+    gate = lambda step: (step >= steps).astype(jnp.float32)  # noqa: E731
+    return optax.chain(optax.scale_by_schedule(gate), tx, optax.scale_by_schedule(gate))
+
+
+def clip_per_tensor(max_norm: float) -> optax.GradientTransformation:
+    """Each parameter tensor's gradient clipped to norm `max_norm` on its own (DINO utils.py
+    clip_gradients), not by the global norm of all of them as optax.clip_by_global_norm."""
+
+    def update(updates, state, params=None):
+        del params
+        clip = lambda g: g * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(g) + 1e-6))  # noqa: E731
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def with_clipping(tx: optax.GradientTransformation, max_norm: float):
+    return optax.chain(clip_per_tensor(max_norm), tx) if max_norm > 0 else tx
 
 
 def freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]):
@@ -189,6 +239,8 @@ def check_param_groups(groups, params) -> None:
             )
         if not group.get("lr_multiplier", 1.0) > 0:
             raise UserError(f"param_groups.{name}.lr_multiplier must be > 0")
+        if group.get("frozen_epochs", 0) < 0:
+            raise UserError(f"param_groups.{name}.frozen_epochs must be >= 0")
 
 
 def flat_mask(params) -> dict[str, bool]:

@@ -176,7 +176,9 @@ class Training:
 
 def build_training(config, mesh, *, num_classes: int, steps_per_epoch: int, num_steps: int):
     """The method's network, optimiser, state initialiser and the sharded, jitted train step."""
-    method = methods.get_method(config, total_steps=num_steps, num_classes=num_classes)
+    method = methods.get_method(
+        config, total_steps=num_steps, num_classes=num_classes, steps_per_epoch=steps_per_epoch
+    )
     net = method.network()
     if method.has_classifier:  # it is its own classifier: an online probe would add nothing
         num_classes = 0

@@ -63,9 +63,7 @@ class Run:
         return self.training.net.backbone
 
     def encoder_variables(self, state: TrainState) -> dict:
-        name = self.training.method.encoder_name
-        # A ViT has no BatchNorm: no batch_stats.
-        return {"params": state.params[name], "batch_stats": state.batch_stats.get(name, {})}
+        return self.training.method.encoder_variables(state)
 
     @functools.cached_property
     def encode(self):

@@ -1,18 +1,23 @@
-"""DINO: the self-distillation loss and the centre update (losses only, for now).
+"""DINO: the self-distillation loss and the centre update, then the method.
 
-Checked against a NumPy float64 re-implementation of the official code's loops (facebookresearch/
-dino main_dino.py `DINOLoss.forward` and `update_center`), for the stop-gradient on the teacher
-and the centre, bfloat16 inputs, and the global-batch property under 8 simulated devices.
+The losses are checked against a NumPy float64 re-implementation of the official code's loops
+(facebookresearch/dino main_dino.py `DINOLoss.forward` and `update_center`), for the
+stop-gradient on the teacher and the centre, bfloat16 inputs, and the global-batch property
+under 8 simulated devices. The method: 8 devices against 1 with local crops, the EMA teacher
+that sees only the global crops, the centre, the weight-normalised last layer frozen in the
+first epoch, per-tensor clipping and the weight-decay schedule.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import losses, parallel
+import method_checks as mc
+from ssl_jax import losses, optim, parallel
 
 # Jitted once per shape: one compilation instead of one per operation in eager mode.
 dino = jax.jit(losses.dino, static_argnames=("student_temperature", "teacher_temperature"))
@@ -162,3 +167,76 @@ def test_dino_sharded_equals_single_device():
     np.testing.assert_allclose(v1, dino_reference(student, teacher, center, 0.1, 0.04)[0], 1e-5)
     np.testing.assert_allclose(g8, g1, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(center_update(c8, t8), center_update(center, teacher), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ the method
+
+LOCAL = (("num_local_views", 2),)
+
+
+def test_eight_devices_equal_one_with_local_crops():
+    mc.assert_eight_devices_equal_one("dino", LOCAL)
+
+
+def test_teacher_is_the_ema_of_the_student_and_the_centre_follows_its_global_crops():
+    run = mc.two_steps("dino", 1, LOCAL)
+    mesh, training, _, _ = mc.setup("dino", 1, LOCAL)
+    method, net = training.method, training.net
+    for before, after, step in (("state0", "state1", 0), ("state1", "state2", 1)):
+        tau = np.float32(method.tau(step))
+        old, new = run[before].extra["target"]["params"], run[after].params
+        expected = jax.tree.map(lambda t, o, tau=tau: tau * t + (1 - tau) * o, old, new)
+        mc.assert_trees_close(run[after].extra["target"]["params"], expected, rtol=1e-6,
+                              atol=1e-8)  # fmt: skip
+    # The centre after step 1: 0.9 x 0 + 0.1 x the mean teacher output over the 2 GLOBAL crops
+    # (training mode, as the teacher runs), never the local ones.
+    batch = mc.batch(mesh, sizes=[r.size for r in training.recipes])
+    teacher = jax.jit(
+        lambda v, views: net.apply(v, views, train=True, method="target", mutable=["batch_stats"])[
+            0
+        ]["projections"]
+    )
+    logits = teacher(run["state0"].extra["target"], batch["views"][:2])  # [2B, K]
+    np.testing.assert_allclose(run["state1"].extra["center"], 0.1 * np.mean(logits, axis=0),
+                               rtol=1e-4, atol=1e-7)  # fmt: skip
+    # What is evaluated and exported is the teacher's backbone.
+    exported = method.encoder_variables(run["state2"])
+    mc.assert_trees_close(exported["params"], run["state2"].extra["target"]["params"]["backbone"],
+                          rtol=0, atol=0)  # fmt: skip
+
+
+def test_last_layer_is_weight_normalised_and_frozen_in_the_first_epoch():
+    run = mc.two_steps("dino", 1, LOCAL)  # steps_per_epoch 5: both steps in the first epoch
+    np.testing.assert_array_equal(run["state2"].params["last_layer"]["kernel"],
+                                  run["state0"].params["last_layer"]["kernel"])  # fmt: skip
+    assert not np.allclose(run["state2"].params["head"]["dense1"]["kernel"],
+                           run["state0"].params["head"]["dense1"]["kernel"])  # fmt: skip
+    # Unit-norm head output times unit-norm columns: every logit is a cosine.
+    mesh, training, state, _ = mc.setup("dino", 1, LOCAL)
+    views = mc.batch(mesh, sizes=[r.size for r in training.recipes])
+    logits = jax.jit(lambda v, x: training.net.apply(v, x)["projections"])(
+        {"params": state.params, "batch_stats": state.batch_stats}, views["views"]
+    )
+    assert np.abs(np.asarray(logits)).max() <= 1 + 1e-5
+
+    # frozen_until: updates (and weight decay) are zero for the first steps, then flow.
+    tx = optim.frozen_until(optax_sgd_with_decay(), 2)
+    params = {"w": jnp.ones(3)}
+    state_ = tx.init(params)
+    for step in range(3):
+        updates, state_ = tx.update({"w": jnp.ones(3)}, state_, params)
+        assert (np.abs(updates["w"]).sum() > 0) == (step >= 2), step
+
+
+def optax_sgd_with_decay():
+    return optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.5, momentum=0.9))
+
+
+def test_per_tensor_clipping_and_the_weight_decay_schedule():
+    grads = {"big": jnp.full((4,), 10.0), "small": jnp.full((2,), 0.1)}
+    clipped, _ = optim.clip_per_tensor(3.0).update(grads, None)
+    np.testing.assert_allclose(np.linalg.norm(clipped["big"]), 3.0, rtol=1e-5)  # its own norm
+    np.testing.assert_array_equal(clipped["small"], grads["small"])  # untouched, not rescaled
+    schedule = optim.cosine_between(0.04, 0.4, 100)
+    np.testing.assert_allclose([schedule(0), schedule(50), schedule(100), schedule(200)],
+                               [0.04, 0.22, 0.4, 0.4], rtol=1e-5)  # fmt: skip

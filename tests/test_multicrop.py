@@ -1,5 +1,6 @@
 """Multi-crop (`num_local_views`): the pipeline's views of two sizes, one backbone pass per
-resolution group, and the local views entering SimCLR's and BYOL's losses (8 devices = 1)."""
+resolution group, and the local views entering SimCLR's and BYOL's losses. (8 devices against
+1 with local views: tests/test_dino.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,6 @@ from ssl_jax import data, losses
 from ssl_jax.data.sources import from_arrays
 from ssl_jax.methods import StepInputs, get_method
 from ssl_jax.methods.network import backbone_by_resolution, global_pairs
-
-LOCAL = (("num_local_views", 3),)
 
 
 def test_the_pipeline_makes_global_and_local_views_of_their_sizes():
@@ -107,7 +106,3 @@ def test_byol_targets_only_the_global_views_and_predicts_them_from_every_view():
     value = two.loss({"predictions": jnp.concatenate(p[:2])},
                      _inputs([None] * 2, {"target": {}}, apply_target))[0]  # fmt: skip
     np.testing.assert_allclose(value, losses.byol(p[0], t[1]) + losses.byol(p[1], t[0]), rtol=1e-7)
-
-
-def test_eight_devices_equal_one_with_local_views():
-    mc.assert_eight_devices_equal_one("simclr", LOCAL)

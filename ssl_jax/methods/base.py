@@ -34,6 +34,8 @@ Conventions the trainer relies on:
 - `validate()` raises UserError for a config the method cannot run (before any work starts).
 - `load_pretrained(state)` fills a FRESH state from files (a pretrained encoder to fine-tune, a
   teacher to distil from); the trainer calls it once, never on resume, and shards the result.
+- `encoder_variables(state)` picks the encoder that is evaluated and exported (default: the
+  online backbone).
 - `frozen_parts()` names top-level parts of the network the optimiser never changes (the
   linear protocol's encoder): their updates are zero and they carry no optimiser state.
 - Methods with `has_classifier` (supervised fine-tuning, the augmented linear protocol,
@@ -104,6 +106,7 @@ class MethodBase:
     config: ml_collections.ConfigDict
     total_steps: int = 0
     num_classes: int = 0
+    steps_per_epoch: int = 0  # for schedules a method owns in epochs (DINO's teacher temperature)
     encoder_name: ClassVar[str] = "backbone"
     has_predictor: ClassVar[bool] = False
     has_classifier: ClassVar[bool] = False
@@ -142,6 +145,13 @@ class MethodBase:
 
     def frozen_parts(self) -> tuple[str, ...]:
         return ()
+
+    def encoder_variables(self, state) -> dict:
+        """{"params", "batch_stats"} of the encoder that is evaluated and exported: the online
+        backbone (DINO: the teacher's)."""
+        name = self.encoder_name
+        # A ViT has no BatchNorm: no batch_stats.
+        return {"params": state.params[name], "batch_stats": state.batch_stats.get(name, {})}
 
     def extra_results(self) -> dict:
         """Facts for results.json beside the evaluation (a distillation's teacher)."""

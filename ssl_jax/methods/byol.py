@@ -16,6 +16,7 @@ The encoder that is evaluated and exported is the ONLINE backbone.
 """
 
 import dataclasses
+from typing import ClassVar
 
 import jax.numpy as jnp
 
@@ -28,7 +29,10 @@ TARGET_PARTS = ("backbone", "projector")  # the predictor has no EMA copy
 
 @dataclasses.dataclass(frozen=True)
 class EMATargetMethod(MethodBase):
-    """A method with an EMA target network (BYOL, MoCo v2, MoCo v3): init and update shared."""
+    """A method with an EMA target network (BYOL, MoCo v2, MoCo v3, DINO): init and update
+    shared. `target_parts` are the network's top-level parts the target copies."""
+
+    target_parts: ClassVar[tuple[str, ...]] = TARGET_PARTS
 
     def validate(self) -> None:
         super().validate()
@@ -42,7 +46,7 @@ class EMATargetMethod(MethodBase):
     def init_extra(self, variables, rng, sample_views):
         if not self.config.ema.copy_init:  # BYOL's code: the target from its own key
             variables = self.network().init(rng, sample_views, train=False)
-        return {"target": extra_state.init_target(variables, keep=TARGET_PARTS)}
+        return {"target": extra_state.init_target(variables, keep=self.target_parts)}
 
     def update_extra(self, extra, aux, *, params, step):
         target = {
