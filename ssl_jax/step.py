@@ -106,7 +106,7 @@ def train_step(
         state, batch, net=net, method=method, mesh=mesh
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = method.post_update(optax.apply_updates(state.params, updates))
     extra = method.update_extra(state.extra, aux, params=params, step=state.step)
 
     probe_params, probe_opt_state = state.probe_params, state.probe_opt_state

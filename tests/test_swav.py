@@ -1,4 +1,4 @@
-"""SwAV: the Sinkhorn codes and the swapped-prediction loss (losses only, for now).
+"""SwAV: the Sinkhorn codes and the swapped-prediction loss, then the method's prototypes.
 
 Checked against NumPy float64 re-implementations of the official code's loops (facebookresearch/
 swav main_swav.py: `distributed_sinkhorn` and the loss loop of `train`), for the marginals,
@@ -13,7 +13,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import method_checks as mc
 from ssl_jax import losses, parallel
+from ssl_jax.methods import StepInputs
 
 # Jitted once per shape: one compilation instead of one per operation in eager mode.
 sinkhorn = jax.jit(losses.sinkhorn, static_argnames=("iterations", "epsilon"))
@@ -199,3 +201,38 @@ def test_sinkhorn_and_swav_sharded_equal_single_device():
         np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-8)
     v8_none = jax.jit(losses.swav)(jax.device_put(global_scores, crops_sharding), None)
     np.testing.assert_allclose(v8_none, jax.jit(losses.swav)(global_scores, None), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ the method
+
+# steps_per_epoch is 5 in method_checks: 0.2 epochs freeze the first step only.
+FROZEN = (("param_groups.prototypes.frozen_epochs", 0.2),)
+
+
+def unit_norm_columns(kernel):
+    np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
+
+
+def test_prototypes_stay_unit_norm_and_are_frozen_in_the_first_epoch():
+    run = mc.two_steps("swav", 1, FROZEN)
+    for state in ("state0", "state1", "state2"):
+        unit_norm_columns(run[state].params["prototypes"]["kernel"])
+    kernels = [run[s].params["prototypes"]["kernel"] for s in ("state0", "state1", "state2")]
+    np.testing.assert_allclose(kernels[1], kernels[0], rtol=1e-6, atol=1e-7)  # frozen step
+    assert not np.allclose(kernels[2], kernels[1])  # then they move, and stay on the sphere
+    assert not np.allclose(run["state1"].params["projector"]["dense1"]["kernel"],
+                           run["state0"].params["projector"]["dense1"]["kernel"])  # fmt: skip
+
+
+def test_the_method_loss_is_swav_of_its_prototype_scores():
+    mesh, training, state, _ = mc.setup("swav", 1, FROZEN)
+    batch = mc.batch(mesh, sizes=[r.size for r in training.recipes])
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    outputs = jax.jit(lambda v, views: training.net.apply(v, views, train=True,
+                                                          mutable=["batch_stats"])[0])(
+        variables, batch["views"])  # fmt: skip
+    scores = np.asarray(outputs["projections"]).reshape(2, mc.GLOBAL_BATCH, -1)
+    inputs = StepInputs(batch["views"], {}, jax.random.PRNGKey(0), 0, None)
+    loss = training.method.loss(outputs, inputs)[0]
+    np.testing.assert_allclose(loss, losses.swav(scores, None, 0.1, 3, 0.05), rtol=1e-6)
+    assert np.abs(scores).max() <= 1 + 1e-5  # unit embeddings against unit prototypes

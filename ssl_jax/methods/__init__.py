@@ -13,6 +13,7 @@ from ssl_jax.methods.mocov3 import MoCoV3
 from ssl_jax.methods.simclr import SimCLR
 from ssl_jax.methods.simsiam import SimSiam
 from ssl_jax.methods.supervised import Supervised
+from ssl_jax.methods.swav import SwAV
 from ssl_jax.methods.vicreg import VICReg
 
 METHODS = {
@@ -24,6 +25,7 @@ METHODS = {
     "barlow_twins": BarlowTwins,
     "vicreg": VICReg,
     "dino": DINO,
+    "swav": SwAV,
     "supervised": Supervised,
     "distill": Distill,
 }

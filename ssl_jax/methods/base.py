@@ -9,7 +9,7 @@ One train step, as the trainer runs it (ssl_jax.train.train_step), for the GLOBA
 
     outputs = net.apply(params, views, train=True)               online forward, BN over the batch
     loss, metrics, aux = method.loss(outputs, StepInputs(...))   under jax.grad w.r.t. params
-    params = optimiser(params, grads)
+    params = method.post_update(optimiser(params, grads))
     extra = method.update_extra(extra, aux, params=params, step=step)
 
 Conventions the trainer relies on:
@@ -32,6 +32,8 @@ Conventions the trainer relies on:
 - `update_extra(extra, aux, params=..., step=...)` returns the extra state after the optimiser
   step, given the NEW online parameters (EMA targets: tau * target + (1 - tau) * params).
 - `validate()` raises UserError for a config the method cannot run (before any work starts).
+- `post_update(params)` projects the parameters after each optimiser step (SwAV normalises its
+  prototypes); the identity by default.
 - `load_pretrained(state)` fills a FRESH state from files (a pretrained encoder to fine-tune, a
   teacher to distil from); the trainer calls it once, never on resume, and shards the result.
 - `encoder_variables(state)` picks the encoder that is evaluated and exported (default: the
@@ -142,6 +144,11 @@ class MethodBase:
 
     def load_pretrained(self, state):
         return state
+
+    def post_update(self, params):
+        """The parameters after each optimiser step, before update_extra (SwAV: unit-norm
+        prototypes)."""
+        return params
 
     def frozen_parts(self) -> tuple[str, ...]:
         return ()
