@@ -64,10 +64,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         for recipe in config.augment.values():
             recipe.crop_area = (0.08, 1.0)
     elif preset in ("demo", "runlocal"):
+        # solo-learn's CIFAR optimiser (LARS 0.3 x B/256, wd 1e-6) and BN in the head: on the
+        # demo set, SGD lr 0.5 without head BN collapsed the bottleneck (std 0.002, loss = log K,
+        # kNN never measured); this reached kNN 0.285 in 400 steps (random init 0.254).
         config.model.name = "resnet18"  # width 0.125 (finish_preset): a ViT is slow on 2 cores
-        config.optimizer = "sgd"
-        config.weight_decay = 1e-5
+        config.optimizer = "lars"
+        config.weight_decay = 1e-6
         config.weight_decay_end = None
+        config.head.use_bn = True
         config.ema.tau_base = 0.99
         config.teacher_temperature = config.warmup_teacher_temperature = 0.07
         config.head.hidden_dim = 512
@@ -76,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if preset == "demo":
         config.batch_size = 128
         config.total_steps = 400
-        config.base_lr = 0.5
+        config.base_lr = 0.3
         config.warmup_epochs = 0.5
     elif preset == "runlocal":
         config.head.hidden_dim = 32
