@@ -77,10 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.head.hidden_dim = 512
         config.head.bottleneck_dim = 64
         config.head.out_dim = 1024
+        config.base_lr = 0.3
     if preset == "demo":
         config.batch_size = 128
         config.total_steps = 400
-        config.base_lr = 0.3
         config.warmup_epochs = 0.5
     elif preset == "runlocal":
         config.head.hidden_dim = 32

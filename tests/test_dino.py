@@ -209,8 +209,9 @@ def test_last_layer_is_weight_normalised_and_frozen_in_the_first_epoch():
     run = mc.two_steps("dino", 1, LOCAL)  # steps_per_epoch 5: both steps in the first epoch
     np.testing.assert_array_equal(run["state2"].params["last_layer"]["kernel"],
                                   run["state0"].params["last_layer"]["kernel"])  # fmt: skip
-    assert not np.allclose(run["state2"].params["head"]["dense1"]["kernel"],
-                           run["state0"].params["head"]["dense1"]["kernel"])  # fmt: skip
+    # LARS moves each kernel by ~lr x 0.001 of its norm: any change counts, not a tolerance.
+    assert np.any(run["state2"].params["head"]["dense1"]["kernel"]
+                  != run["state0"].params["head"]["dense1"]["kernel"])  # fmt: skip
     # Unit-norm head output times unit-norm columns: every logit is a cosine.
     mesh, training, state, _ = mc.setup("dino", 1, LOCAL)
     views = mc.batch(mesh, sizes=[r.size for r in training.recipes])
