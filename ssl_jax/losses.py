@@ -15,9 +15,10 @@ import jax.numpy as jnp
 _EPS = 1e-12
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """x / ||x|| along `axis`, in float32; an all-zero vector stays zero instead of NaN."""
     x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _EPS))
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), _EPS))
 
 
 def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float) -> jax.Array:
@@ -46,7 +47,7 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float) -> jax.Array:
       Scalar float32 loss. Its value for an uninformative embedding is log(2N - 1).
     """
     n = z_a.shape[0]
-    u = _l2_normalize(jnp.concatenate([z_a, z_b], axis=0))  # [2N, D], float32
+    u = l2_normalize(jnp.concatenate([z_a, z_b], axis=0))  # [2N, D], float32
     logits = (u @ u.T) / temperature  # [2N, 2N]; rows sharded like u
     # An anchor is not its own negative: remove the diagonal from the softmax denominator.
     logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
@@ -83,8 +84,8 @@ def info_nce(q: jax.Array, k: jax.Array, queue: jax.Array | None, temperature: f
     Returns:
       Scalar float32 loss; log(1 + K) (queue) or log(N) (in batch) for uninformative inputs.
     """
-    q = _l2_normalize(q)  # [N, D]
-    k = jax.lax.stop_gradient(_l2_normalize(k))  # [N, D]
+    q = l2_normalize(q)  # [N, D]
+    k = jax.lax.stop_gradient(l2_normalize(k))  # [N, D]
     if queue is None:
         logits = (q @ k.T) / temperature  # [N, N], positives on the diagonal
         positive = jnp.diagonal(logits)  # [N]
@@ -109,8 +110,8 @@ def byol(p: jax.Array, z: jax.Array) -> jax.Array:
       p: [N, D] online predictions (gradient flows).
       z: [N, D] target projections (stop_gradient).
     """
-    p = _l2_normalize(p)  # [N, D]
-    z = jax.lax.stop_gradient(_l2_normalize(z))  # [N, D]
+    p = l2_normalize(p)  # [N, D]
+    z = jax.lax.stop_gradient(l2_normalize(z))  # [N, D]
     return jnp.mean(jnp.sum((p - z) ** 2, axis=-1))  # mean over the N rows
 
 
@@ -126,8 +127,8 @@ def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
       p: [N, D] predictions (gradient flows).
       z: [N, D] projections of the other view (stop_gradient: no gradient reaches z).
     """
-    p = _l2_normalize(p)  # [N, D]
-    z = jax.lax.stop_gradient(_l2_normalize(z))  # [N, D]
+    p = l2_normalize(p)  # [N, D]
+    z = jax.lax.stop_gradient(l2_normalize(z))  # [N, D]
     return -jnp.mean(jnp.sum(p * z, axis=-1))  # mean over the N rows
 
 

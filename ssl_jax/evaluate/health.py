@@ -11,6 +11,8 @@ Both are pure jnp functions, jit-able, and reduce over the whole (global) batch 
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.losses import l2_normalize
+
 _EPS = 1e-12
 
 
@@ -31,8 +33,7 @@ def embedding_std(z: jax.Array) -> jax.Array:
     Returns:
       Scalar float32.
     """
-    z = z.astype(jnp.float32)
-    u = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), _EPS))  # [N, D]
+    u = l2_normalize(z)  # [N, D], float32
     return jnp.mean(jnp.std(u, axis=0))  # std over the batch, mean over the D dimensions
 
 

@@ -20,12 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_EPS = 1e-12
-
-
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _EPS))
+from ssl_jax.losses import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "num_ranked"))
@@ -41,7 +36,7 @@ def _knn_chunk(
 ) -> jax.Array:
     """[C, num_ranked] classes by descending score for one chunk of test rows; train_unit is
     already l2-normalised."""
-    test_unit = _l2_normalize(test_chunk)  # [C, D]
+    test_unit = l2_normalize(test_chunk)  # [C, D]
     sim = test_unit @ train_unit.T  # [C, N]
     top_sim, top_idx = jax.lax.top_k(sim, k)  # [C, k], sorted descending
     top_labels = train_labels[top_idx]  # [C, k]
@@ -146,7 +141,7 @@ def knn_ranked_classes(
     chunk = min(chunk_size, m)
     num_chunks = -(-m // chunk)
     padded = jnp.pad(test_feats, ((0, num_chunks * chunk - m), (0, 0)))  # [num_chunks * C, D]
-    train_unit = _l2_normalize(train_feats)  # [N, D], normalised once for all chunks
+    train_unit = l2_normalize(train_feats)  # [N, D], normalised once for all chunks
     t = jnp.float32(temperature)
     preds = [
         _knn_chunk(

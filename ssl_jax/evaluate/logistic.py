@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ssl_jax.evaluate.classifier import top_k_correct
 from ssl_jax.evaluate.linear import LinearProbe, linear_probe_predict
 
 
@@ -109,8 +110,7 @@ def fit_logistic_regression(
 def top_k_accuracy(probe: LinearProbe, feats, labels, k: int) -> float:
     """Fraction of rows whose label is among the probe's k highest-scoring classes."""
     logits = _standardise(jnp.asarray(feats), probe.mean, probe.std) @ probe.kernel + probe.bias
-    top = jax.lax.top_k(logits, min(k, logits.shape[-1]))[1]  # [N, k]
-    return float(jnp.mean(jnp.any(top == jnp.asarray(labels)[:, None], axis=-1)))
+    return float(np.mean(top_k_correct(np.asarray(logits), np.asarray(labels), k)))
 
 
 def holdout_split(num_examples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

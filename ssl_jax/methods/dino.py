@@ -21,7 +21,6 @@ import dataclasses
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses, models
@@ -53,7 +52,7 @@ class DINOHead(nn.Module):
                                  name=f"bn{i + 1}")(x)  # fmt: skip
             x = nn.gelu(x, approximate=False)  # PyTorch's nn.GELU: the exact erf form
         x = dense(self.bottleneck_dim, name=f"dense{self.num_layers}")(x).astype(jnp.float32)
-        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
+        return losses.l2_normalize(x)
 
 
 class WeightNormedLinear(nn.Module):
@@ -67,8 +66,7 @@ class WeightNormedLinear(nn.Module):
         # PyTorch's nn.Linear default (uniform +-1/sqrt(fan_in)); only directions matter here.
         init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
         v = self.param("kernel", init, (x.shape[-1], self.out_dim), jnp.float32)
-        w = v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=0, keepdims=True), 1e-12))
-        return x.astype(jnp.float32) @ w
+        return x.astype(jnp.float32) @ losses.l2_normalize(v, axis=0)
 
 
 class DINONetwork(nn.Module):

@@ -25,7 +25,7 @@ from ssl_jax.methods.base import MethodBase
 
 def unit_columns(kernel: jax.Array) -> jax.Array:
     """[D, P] -> each prototype (column) scaled to norm 1."""
-    return kernel * jax.lax.rsqrt(jnp.maximum(jnp.sum(kernel * kernel, 0, keepdims=True), 1e-12))
+    return losses.l2_normalize(kernel, axis=0)
 
 
 class SwAVNetwork(nn.Module):
@@ -40,7 +40,7 @@ class SwAVNetwork(nn.Module):
         batch = views[0].shape[0]
         features = network.backbone_by_resolution(self.backbone, views, train)  # [VB, D]
         z = self.projector(features, train=train).astype(jnp.float32)  # [VB, 128]
-        z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-12))
+        z = losses.l2_normalize(z)
         # Unit-norm prototypes from the start; post_update keeps them so after every step.
         init = lambda *a: unit_columns(nn.initializers.lecun_normal()(*a))  # noqa: E731
         prototypes = nn.Dense(self.num_prototypes, use_bias=False, kernel_init=init,
