@@ -3,9 +3,11 @@
     python -m ssl_jax.main --config=configs/swav.py:demo --workdir=/tmp/swav_demo
 
 Presets: imagenet (default: ResNet-50, batch 4096, 2 x 224 + 6 x 96 crops,
-facebookresearch/swav scripts/swav_800ep_pretrain.sh at 100 epochs), cifar10 (solo-learn
-scripts/pretrain/cifar/swav.yaml without its queue), demo (the demo set on 2 CPU cores),
-runlocal.
+facebookresearch/swav scripts/swav_800ep_pretrain.sh at 100 epochs, no queue), cifar10
+(solo-learn scripts/pretrain/cifar/swav.yaml, its queue included), demo (the demo set on 2 CPU
+cores), runlocal. The paper's batch-256 recipe (scripts/swav_200ep_bs256_pretrain.sh):
+--config.batch_size=256 --config.base_lr=0.6 --config.warmup_epochs=0
+--config.queue_length=3840 --config.epoch_queue_starts=15.
 """
 
 import ml_collections
@@ -30,6 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.epsilon = 0.05  # Sinkhorn's entropic regularisation
     config.sinkhorn_iterations = 3
     config.num_prototypes = 3000
+    # The queue of past embeddings for small batches (methods/swav.py): off at batch 4096 (the
+    # 4096 samples suffice for Sinkhorn); scripts/swav_{200,400}ep_bs256_pretrain.sh use 3,840
+    # rows (15 batches of 256) from epoch 15 (also main_swav.py's default start).
+    config.queue_length = 0
+    config.epoch_queue_starts = 15.0
     # src/resnet50.py: Linear 2048 -> BN -> ReLU -> Linear 128, then l2-normalised.
     config.projector = ml_collections.ConfigDict(
         dict(hidden_dim=2048, out_dim=128, num_layers=2, last_bn=False)
@@ -46,13 +53,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if preset == "cifar10":
         # solo-learn swav.yaml: ResNet-18, B 256, LARS lr 0.6 x B/256, projector 2048 -> 128,
-        # 3,000 prototypes frozen for 2 epochs, 2 crops of 32 px (its queue is not built here).
+        # 3,000 prototypes frozen for 2 epochs, 2 crops of 32 px, a queue of 3,840 from epoch 50.
         config.model.name = "resnet18"
         config.batch_size = 256
         config.num_epochs = 1000
         config.lr_scaling = "linear"
         config.base_lr = 0.6
         config.param_groups.prototypes.frozen_epochs = 2.0
+        config.queue_length = 3840
+        config.epoch_queue_starts = 50.0
         num_local = 0
     elif preset in ("demo", "runlocal"):
         config.lr_scaling = "linear"

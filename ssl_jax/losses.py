@@ -299,6 +299,8 @@ def swav(
     temperature: float = 0.1,
     iterations: int = 3,
     epsilon: float = 0.05,
+    queue_scores: jax.Array | None = None,
+    use_queue: bool | jax.Array = True,
 ) -> jax.Array:
     """SwAV's swapped prediction loss (Caron et al. 2020, Eq. 1-3; main_swav.py `train`).
 
@@ -315,12 +317,22 @@ def swav(
     crops; each cross-entropy is a mean over the global batch. The official code divides the
     subloss by (num_crops - 1) and the total by len(crops_for_assign), the same numbers.
 
+    With a queue (main_swav.py `--queue_length`, for small batches), global crop i's codes are
+    computed over its queue's K stored embeddings and the batch together, and only the batch's
+    rows are kept: q_i = sinkhorn([queue_scores_i; s_i])[K:]. The queue only widens the
+    equipartition; the cross-entropies are still over the batch alone. `use_queue` (a Python or
+    traced bool) selects between the two codes, so a step can switch the queue on without
+    retracing (the official code switches once the queue is full).
+
     Args:
       global_scores: [V, B, P] scores of the V >= 2 global crops (these give the codes).
       local_scores: [L, B, P] scores of the local crops, or None.
       temperature: t of the predictions' softmax (SwAV: 0.1).
       iterations: Sinkhorn iterations (SwAV: 3).
       epsilon: Sinkhorn's regularisation (SwAV: 0.05).
+      queue_scores: [V, K, P] scores of each global crop's queue of past embeddings against the
+        current prototypes, or None (no queue).
+      use_queue: whether the codes include the queue (ignored without `queue_scores`).
 
     Returns:
       Scalar float32 loss; log(P) when all scores are equal.
@@ -329,6 +341,12 @@ def swav(
     if global_scores.shape[0] < 2:
         raise ValueError(f"swav needs at least 2 global crops, got {global_scores.shape[0]}")
     codes = jax.vmap(lambda s: sinkhorn(s, iterations, epsilon))(global_scores)  # [V, B, P]
+    if queue_scores is not None:
+        size = queue_scores.shape[1]
+        with_queue = jax.vmap(
+            lambda queue, s: sinkhorn(jnp.concatenate([queue, s]), iterations, epsilon)[size:]
+        )(queue_scores.astype(jnp.float32), global_scores)  # [V, B, P]: the batch's rows
+        codes = jnp.where(use_queue, with_queue, codes)
     crops = global_scores
     if local_scores is not None:
         crops = jnp.concatenate([global_scores, local_scores.astype(jnp.float32)], axis=0)

@@ -241,3 +241,9 @@ def test_per_tensor_clipping_and_the_weight_decay_schedule():
     schedule = optim.cosine_between(0.04, 0.4, 100)
     np.testing.assert_allclose([schedule(0), schedule(50), schedule(100), schedule(200)],
                                [0.04, 0.22, 0.4, 0.4], rtol=1e-5)  # fmt: skip
+
+
+def test_resume_reproduces_losses(tmp_path):
+    """Killed after the step-2 checkpoint and rerun: steps 3-4 log the same losses, which needs
+    the teacher (EMA parameters and BN statistics) and the centre restored with the student."""
+    mc.assert_resume_reproduces_losses("dino", tmp_path)

@@ -1,10 +1,15 @@
 """SwAV: the Sinkhorn codes and the swapped-prediction loss, then the method's prototypes.
 
 Checked against NumPy float64 re-implementations of the official code's loops (facebookresearch/
-swav main_swav.py: `distributed_sinkhorn` and the loss loop of `train`), for the marginals,
-the stop-gradient on the codes, bfloat16 inputs, and the global-batch property under a mesh of
-8 simulated devices.
+swav main_swav.py: `distributed_sinkhorn` and the loss loop of `train`, with and without its
+queue), for the marginals, the stop-gradient on the codes, bfloat16 inputs, and the global-batch
+property under a mesh of 8 simulated devices. The method: the queue's life (empty, filling,
+used, FIFO) against main_swav.py's loop, a train step against the reference on the network's
+own outputs, 8 devices against 1 with local crops and the queue, and resume.
 """
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +19,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import method_checks as mc
-from ssl_jax import losses, parallel
+from ssl_jax import losses, methods, parallel
+from ssl_jax.errors import UserError
 from ssl_jax.methods import StepInputs
 
 # Jitted once per shape: one compilation instead of one per operation in eager mode.
@@ -41,14 +47,20 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def swav_reference(global_scores, local_scores, temperature, iterations, epsilon):
-    """The loss loop of main_swav.py `train`, crops_for_assign = the global crops, float64."""
+def swav_reference(global_scores, local_scores, temperature, iterations, epsilon,
+                   queue_scores=None):  # fmt: skip
+    """The loss loop of main_swav.py `train`, crops_for_assign = the global crops, float64.
+    With `queue_scores` [V, K, P] (queue i against the prototypes), crop i's codes are those
+    of [queue_i; crop i] with only the last B rows kept (`distributed_sinkhorn(...)[-bs:]`)."""
     crops = [np.asarray(s, np.float64) for s in global_scores]
     if local_scores is not None:
         crops += [np.asarray(s, np.float64) for s in local_scores]
-    loss = 0.0
+    loss, bs = 0.0, crops[0].shape[0]
     for crop_id in range(len(global_scores)):
-        q = sinkhorn_reference(crops[crop_id], iterations, epsilon)
+        out = crops[crop_id]
+        if queue_scores is not None:
+            out = np.concatenate([np.asarray(queue_scores[crop_id], np.float64), out])
+        q = sinkhorn_reference(out, iterations, epsilon)[-bs:]
         subloss = 0.0
         for v in np.delete(np.arange(len(crops)), crop_id):
             subloss -= np.mean(np.sum(q * log_softmax(crops[v] / temperature), axis=1))
@@ -126,6 +138,25 @@ def test_swav_matches_reference(num_global, num_local):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("num_global,num_local", [(2, 0), (2, 3)])
+def test_swav_with_a_queue_matches_reference(num_global, num_local):
+    rng = np.random.default_rng(20 + num_local)
+    b, k, p = 8, 24, 7
+    global_scores = cosine_scores(rng, (num_global, b, p))
+    local_scores = cosine_scores(rng, (num_local, b, p)) if num_local else None
+    queue_scores = cosine_scores(rng, (num_global, k, p))
+    with_queue = swav_reference(global_scores, local_scores, 0.1, 3, 0.05, queue_scores)
+    without = swav_reference(global_scores, local_scores, 0.1, 3, 0.05)
+    assert abs(with_queue - without) > 1e-3  # the queue changes the codes
+    np.testing.assert_allclose(swav(global_scores, local_scores, queue_scores=queue_scores),
+                               with_queue, rtol=1e-5)  # fmt: skip
+    # use_queue traced, as the method passes it: False gives the loss without the queue.
+    fn = jax.jit(lambda use: losses.swav(global_scores, local_scores, queue_scores=queue_scores,
+                                         use_queue=use))  # fmt: skip
+    np.testing.assert_allclose(fn(True), with_queue, rtol=1e-5)
+    np.testing.assert_allclose(fn(False), without, rtol=1e-5)
+
+
 def test_swav_uninformative_scores_give_log_p():
     scores = jnp.zeros((2, 8, 9))
     np.testing.assert_allclose(swav(scores, jnp.zeros((3, 8, 9))), np.log(9), rtol=1e-6)
@@ -201,12 +232,110 @@ def test_sinkhorn_and_swav_sharded_equal_single_device():
         np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-8)
     v8_none = jax.jit(losses.swav)(jax.device_put(global_scores, crops_sharding), None)
     np.testing.assert_allclose(v8_none, jax.jit(losses.swav)(global_scores, None), rtol=1e-5)
+    # A replicated queue (the method's state) with the sharded batch: codes over both.
+    queue_scores = cosine_scores(rng, (2, 3 * b, p))
+    fn = jax.jit(lambda g, q: losses.swav(g, None, queue_scores=q))
+    v8_queue = fn(jax.device_put(global_scores, crops_sharding),
+                  jax.device_put(queue_scores, parallel.replicated(mesh)))  # fmt: skip
+    np.testing.assert_allclose(v8_queue, fn(global_scores, queue_scores), rtol=1e-5)
+    expected = swav_reference(global_scores, None, 0.1, 3, 0.05, queue_scores)
+    np.testing.assert_allclose(v8_queue, expected, rtol=1e-5)
 
 
 # ------------------------------------------------------------------ the method
 
-# steps_per_epoch is 5 in method_checks: 0.2 epochs freeze the first step only.
+# steps_per_epoch is 5 in method_checks: 0.2 epochs freeze the first step only. With 2 local
+# crops and a queue of one batch from the start: step 1 fills it, step 2 uses it, so the
+# compiled runs below (1 and 8 devices) cover local crops and both queue cases at once.
 FROZEN = (("param_groups.prototypes.frozen_epochs", 0.2),)
+QUEUE = FROZEN + (("num_local_views", 2), ("queue_length", mc.GLOBAL_BATCH),
+                  ("epoch_queue_starts", 0.0))  # fmt: skip
+
+
+def l2n(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def main_swav_iteration(queue, use_the_queue, embedding, prototypes, bs, num_crops, temperature,
+                        iterations=3, epsilon=0.05):  # fmt: skip
+    """One iteration of main_swav.py `train`'s loss block, float64, crops_for_assign = (0, 1):
+    the queue (None before its epoch) is used once its last row is non-zero, then shifted and
+    refilled with this batch's embeddings of the crop. Returns (loss, queue, use_the_queue)."""
+    output = embedding @ prototypes.T  # [num_crops * bs, P]
+    loss = 0.0
+    for i, crop_id in enumerate((0, 1)):
+        out = output[bs * crop_id : bs * (crop_id + 1)]
+        if queue is not None:
+            if use_the_queue or not np.all(queue[i, -1, :] == 0):
+                use_the_queue = True
+                out = np.concatenate([queue[i] @ prototypes.T, out])
+            queue[i, bs:] = queue[i, :-bs].copy()
+            queue[i, :bs] = embedding[crop_id * bs : (crop_id + 1) * bs]
+        q = sinkhorn_reference(out, iterations, epsilon)[-bs:]
+        subloss = 0.0
+        for v in np.delete(np.arange(num_crops), crop_id):
+            subloss -= np.mean(np.sum(q * log_softmax(output[bs * v : bs * (v + 1)] / temperature),
+                                      axis=1))  # fmt: skip
+        loss += subloss / (num_crops - 1)
+    return loss / 2, queue, use_the_queue
+
+
+def newest_first(queue):
+    """Our ring buffer in main_swav.py's order: the last batch written first."""
+    rows, ptr = np.asarray(queue["rows"]), int(queue["ptr"])
+    size, bs = rows.shape[1], mc.GLOBAL_BATCH
+    starts = [(ptr - j * bs) % size for j in range(1, size // bs + 1)]
+    return np.concatenate([rows[:, s : s + bs] for s in starts], axis=1)
+
+
+def test_queue_follows_main_swav_loop_before_during_and_after_filling():
+    """Eight iterations of main_swav.py's loop (its shifting queue of zeros created at the
+    start epoch) against the method's loss and update_extra on given network outputs: nothing
+    written before the start step, unused while filling, codes over [queue; batch] once full,
+    the oldest batch overwritten after that; local crops never enqueued."""
+    bs, dim, num_prototypes, size, num_crops = mc.GLOBAL_BATCH, 16, 30, 3 * mc.GLOBAL_BATCH, 4
+    config = mc.tiny_config("swav", num_local_views=2, queue_length=size, epoch_queue_starts=0.4)
+    method = methods.get_method(config, steps_per_epoch=5)
+    assert method.queue_start_step == 2
+    extra = method.init_extra(None, None, None)
+    np.testing.assert_array_equal(extra["queue"]["rows"], np.zeros((2, size, dim)))
+    views = [jnp.zeros((bs, 1, 1, 3), jnp.uint8)] * num_crops
+
+    @jax.jit
+    def step(extra, outputs, step):
+        loss, metrics, aux = method.loss(outputs, StepInputs(views, extra, None, step, None))
+        return loss, metrics["queue_in_use"], method.update_extra(extra, aux, params=None,
+                                                                   step=step)  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    queue, use_the_queue, used = None, False, []
+    for it in range(8):
+        embedding = l2n(rng.normal(size=(num_crops * bs, dim)))  # [crops x B, D], unit rows
+        prototypes = l2n(rng.normal(size=(num_prototypes, dim)))  # [P, D], torch's weight
+        if it >= method.queue_start_step and queue is None:
+            queue = np.zeros((2, size, dim))
+        expected, queue, use_the_queue = main_swav_iteration(
+            queue, use_the_queue, embedding, prototypes, bs, num_crops, 0.1
+        )
+        outputs = {"projections": (embedding @ prototypes.T).astype(np.float32),
+                   "unit_embeddings": embedding.astype(np.float32),
+                   "prototypes": prototypes.T.astype(np.float32)}  # fmt: skip
+        loss, in_use, extra = step(extra, outputs, it)
+        np.testing.assert_allclose(loss, expected, rtol=1e-5, err_msg=str(it))
+        used.append(bool(in_use))
+        assert used[-1] == use_the_queue, it
+        if queue is None:  # before the start epoch: nothing written
+            np.testing.assert_array_equal(extra["queue"]["rows"], 0.0)
+        else:
+            np.testing.assert_allclose(newest_first(extra["queue"]), queue, rtol=1e-6,
+                                       atol=1e-7, err_msg=str(it))  # fmt: skip
+    # Written at steps 2, 3, 4 (3 batches fill it), used from step 5, wrapped at 5, 6, 7.
+    assert used == [False] * 5 + [True] * 3
+
+    with pytest.raises(UserError, match="queue_length=24 .* multiple of the global batch 16"):
+        methods.get_method(mc.tiny_config("swav", queue_length=24))
+    assert methods.get_method(mc.tiny_config("swav")).init_extra(None, None, None) == {}
 
 
 def unit_norm_columns(kernel):
@@ -214,7 +343,7 @@ def unit_norm_columns(kernel):
 
 
 def test_prototypes_stay_unit_norm_and_are_frozen_in_the_first_epoch():
-    run = mc.two_steps("swav", 1, FROZEN)
+    run = mc.two_steps("swav", 1, QUEUE)
     for state in ("state0", "state1", "state2"):
         unit_norm_columns(run[state].params["prototypes"]["kernel"])
     kernels = [run[s].params["prototypes"]["kernel"] for s in ("state0", "state1", "state2")]
@@ -224,15 +353,48 @@ def test_prototypes_stay_unit_norm_and_are_frozen_in_the_first_epoch():
                            run["state0"].params["projector"]["dense1"]["kernel"])  # fmt: skip
 
 
-def test_the_method_loss_is_swav_of_its_prototype_scores():
-    mesh, training, state, _ = mc.setup("swav", 1, FROZEN)
-    batch = mc.batch(mesh, sizes=[r.size for r in training.recipes])
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    outputs = jax.jit(lambda v, views: training.net.apply(v, views, train=True,
-                                                          mutable=["batch_stats"])[0])(
-        variables, batch["views"])  # fmt: skip
-    scores = np.asarray(outputs["projections"]).reshape(2, mc.GLOBAL_BATCH, -1)
-    inputs = StepInputs(batch["views"], {}, jax.random.PRNGKey(0), 0, None)
-    loss = training.method.loss(outputs, inputs)[0]
-    np.testing.assert_allclose(loss, losses.swav(scores, None, 0.1, 3, 0.05), rtol=1e-6)
-    assert np.abs(scores).max() <= 1 + 1e-5  # unit embeddings against unit prototypes
+def test_train_steps_are_main_swav_on_their_outputs_and_enqueue_the_global_crops():
+    """Step 1 (queue empty) and step 2 (queue full of step 1's embeddings) against the
+    reference loop on the network's own outputs, with 2 local crops."""
+    run = mc.two_steps("swav", 1, QUEUE)
+    mesh, training, _, _ = mc.setup("swav", 1, QUEUE)
+    views = mc.batch(mesh, sizes=[r.size for r in training.recipes])["views"]
+    forward = jax.jit(lambda v, views: training.net.apply(v, views, train=True,
+                                                          mutable=["batch_stats"])[0])  # fmt: skip
+    bs = mc.GLOBAL_BATCH
+    for it, (before, after) in enumerate((("state0", "state1"), ("state1", "state2"))):
+        s = run[before]
+        out = jax.device_get(forward({"params": s.params, "batch_stats": s.batch_stats}, views))
+        embedding, prototypes = out["unit_embeddings"], s.params["prototypes"]["kernel"].T
+        np.testing.assert_allclose(out["embedding"], embedding[:bs], rtol=0, atol=0)
+        np.testing.assert_allclose(embedding @ prototypes.T, out["projections"], rtol=1e-5,
+                                   atol=1e-6)  # fmt: skip
+        assert np.abs(out["projections"]).max() <= 1 + 1e-5  # unit embeddings and prototypes
+        # main_swav.py's newest-first queue; with one batch of rows it is our ring buffer.
+        queue = np.asarray(s.extra["queue"]["rows"], np.float64).copy()
+        embedding, prototypes = embedding.astype(np.float64), prototypes.astype(np.float64)
+        expected, queue, used = main_swav_iteration(queue, False, embedding, prototypes, bs, 4, 0.1)
+        assert used == (it == 1)  # empty at the start; one batch fills it
+        metrics = run[f"metrics{it + 1}"]
+        assert float(metrics["queue_in_use"]) == used
+        np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+        # After the step: this batch's global crops, unit rows; the local crops are not kept.
+        np.testing.assert_allclose(run[after].extra["queue"]["rows"], queue, rtol=1e-5,
+                                   atol=1e-6)  # fmt: skip
+        assert int(run[after].extra["queue"]["ptr"]) == 0
+
+
+def test_eight_devices_equal_one_with_local_crops_and_the_queue():
+    mc.assert_eight_devices_equal_one("swav", QUEUE)
+    assert float(mc.two_steps("swav", 8, QUEUE)["metrics2"]["queue_in_use"]) == 1.0
+
+
+def test_resume_with_the_queue_reproduces_losses(tmp_path):
+    """Queue of 2 batches from the start (runlocal: batch 32, 4 steps, checkpoints at 2 and 4):
+    steps 3 and 4 use the queue restored from the step-2 checkpoint; an empty queue would not
+    be used and the losses would differ."""
+    workdir = mc.assert_resume_reproduces_losses("swav", tmp_path, queue_length=64,
+                                                 epoch_queue_starts=0.0)  # fmt: skip
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        used = {r["step"]: r["queue_in_use"] for r in map(json.loads, f) if "queue_in_use" in r}
+    assert used == {1: 0.0, 2: 0.0, 3: 1.0, 4: 1.0}

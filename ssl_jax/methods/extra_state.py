@@ -13,8 +13,9 @@ the global batch's statistics in its own training-mode forward pass, and its run
 are the ones that pass computes. The online tree may have more subtrees than the target (the
 predictor); only the target's subtrees are averaged.
 
-Queue (MoCo v2's negatives, later SwAV's embeddings): a [K, D] array and an int32 pointer; each
-step writes the GLOBAL batch's rows at the pointer (FIFO), so the newest rows are the last batch.
+Queue (MoCo v2's negatives; SwAV keeps its own per-crop queue, methods/swav.py): a [K, D]
+array and an int32 pointer; each step writes the GLOBAL batch's rows at the pointer (FIFO), so
+the newest rows are the last batch.
 """
 
 import jax
