@@ -4,11 +4,20 @@ Each configs/<method>.py starts from `shared(method)`, sets its paper's values w
 and finishes with `finish_preset(config, preset, ...)` for the presets every method has:
 `imagenet` (default: the paper's recipe), `cifar10` (the anchors' CIFAR-10 values), `demo`
 (the bundled demo set, minutes on 2 CPU cores) and `runlocal` (a seconds-long smoke run).
+
+A method whose paper also gives a recipe for another backbone offers it as a variant of a
+preset, named `<preset>_<variant>`: `configs/mocov3.py:imagenet_vit` is MoCo v3's ViT-S/16
+recipe, `demo_vit` and `runlocal_vit` the demo and smoke runs on a ViT-Tiny. The config lists
+the variant presets it has (`parse_preset(arg, variants=...)` checks the name) and sets the
+method's values for the variant; `finish_preset(config, preset, variant)` sets the shared ones
+(the small presets' backbone).
 """
 
 import ml_collections
 
 PRESETS = ("imagenet", "cifar10", "demo", "runlocal")
+# Backbone variants of the presets: the suffix of `<preset>_<variant>`.
+VARIANTS = ("vit",)
 
 
 def shared(method: str) -> ml_collections.ConfigDict:
@@ -52,6 +61,11 @@ def shared(method: str) -> ml_collections.ConfigDict:
             patch_size=0,  # 0: the name's 16; 4 or 8 for 32 px data
             pool="cls",  # features: "cls" token or "mean" of the patch tokens
             posemb="learn",  # position embeddings: "learn" or fixed "sincos2d"
+            num_heads=0,  # 0: the name's (Ti 3, S 6, B 12); MoCo v3's ViT-S has 12
+            layerscale_init=0.0,  # LayerScale's initial gamma (CaiT, DeiT III); 0: off
+            drop_path_rate=0.0,  # stochastic depth of the last block, 0 -> rate linearly; 0: off
+            # MoCo v3's frozen random patch projection (--stop-grad-conv1): never updated
+            frozen_patch_embedding=False,
         )
     )
     config.knn = ml_collections.ConfigDict(dict(k=200, temperature=0.07))  # Wu et al. 2018
@@ -130,10 +144,29 @@ def small_image_views(config: ml_collections.ConfigDict) -> None:
         recipe.blur_prob = 0.0
 
 
-def finish_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
-    """The preset-independent parts of `cifar10`, `demo` and `runlocal` (method values aside)."""
+def parse_preset(arg: str | None, variants: tuple[str, ...] = ()) -> tuple[str, str]:
+    """A config file's argument -> (preset, variant): "demo" -> ("demo", ""), "demo_vit" ->
+    ("demo", "vit"), None -> ("imagenet", ""). `variants` are the variant presets the method's
+    config has ("imagenet_vit", ...); any other name is a ValueError that lists the valid ones."""
+    name = arg or "imagenet"
+    if name in PRESETS:
+        return name, ""
+    preset, _, variant = name.rpartition("_")
+    if name not in variants or preset not in PRESETS or variant not in VARIANTS:
+        raise ValueError(f"unknown preset {name!r}: use {', '.join(PRESETS + tuple(variants))}")
+    return preset, variant
+
+
+def finish_preset(
+    config: ml_collections.ConfigDict, preset: str, variant: str = ""
+) -> ml_collections.ConfigDict:
+    """The preset-independent parts of `cifar10`, `demo` and `runlocal` (method values aside);
+    with `variant` "vit", the small presets train a ViT-Tiny with 4 px patches instead of the
+    ResNet-18 x0.125 (an 8 x 8 grid of patches at 32 px, 4 x 4 at 16 px)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: use {', '.join(PRESETS)}")
+    if variant and variant not in VARIANTS:
+        raise ValueError(f"unknown preset variant {variant!r}: use {', '.join(VARIANTS)}")
     if preset == "imagenet":
         return config
     config.image_size = 32
@@ -162,6 +195,12 @@ def finish_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collecti
         config.eval_random_init = False
         config.eval_max_examples = 1000  # a smoke run: 1,000 train and 1,000 test images
         config.save_pictures = False  # 15 s of t-SNE and drawing; python -m ssl_jax.visualize
+    if variant == "vit" and preset in ("demo", "runlocal"):
+        # The smallest named ViT (DeiT's Ti) with the 4 px patches that solo-learn's CIFAR ViTs
+        # use (scripts/pretrain/cifar/mae.yaml: patch 4 at 32 px).
+        config.model.name = "vit_t16"
+        config.model.width = 1.0
+        config.model.patch_size = 4
     if "local" in config.augment:  # multi-crop's CIFAR analogue: 2 x 32 px + N x 16 px
         config.augment.local.size = config.image_size // 2
     small_image_views(config)

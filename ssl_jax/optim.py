@@ -37,9 +37,11 @@ GROUP_KEYS = ("schedule", "lr_multiplier", "frozen_epochs")
 def decay_mask(params) -> dict:
     """True for parameters that get weight decay and trust-ratio adaptation.
 
-    Kernels (ndim > 1) are adapted; biases and BatchNorm/LayerNorm scales and offsets (ndim 1)
-    are not, nor a ViT's class token and position embeddings. Anything whose path goes through a
-    normalisation layer is excluded too, so a future norm with 2-D parameters stays excluded.
+    Kernels (ndim > 1) are adapted; biases, BatchNorm/LayerNorm scales and offsets and a ViT's
+    LayerScale gammas (ndim 1) are not, nor a ViT's class token and position embeddings. Anything
+    whose path goes through a normalisation layer is excluded too, so a future norm with 2-D
+    parameters stays excluded, and so is every `bias` (flax's attention keeps its query, key and
+    value biases as [heads, head_dim]: DINO's get_params_groups excludes them by name).
     """
 
     def is_adapted(path, leaf) -> bool:
@@ -48,7 +50,8 @@ def decay_mask(params) -> dict:
         # A ViT's class token and position embeddings are not decayed either (timm's
         # no_weight_decay, as in DINO's and MoCo v3's code).
         is_token = bool(names) and names[-1] in ("cls", "pos_embedding")
-        return leaf.ndim > 1 and not in_norm and not is_token
+        is_bias = bool(names) and names[-1] == "bias"
+        return leaf.ndim > 1 and not in_norm and not is_token and not is_bias
 
     return jax.tree_util.tree_map_with_path(is_adapted, params)
 
@@ -207,14 +210,28 @@ def with_clipping(tx: optax.GradientTransformation, max_norm: float):
 
 
 def freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]):
-    """`tx` for every top-level part of the network except those named in `frozen`, whose
-    updates are zero whatever the gradient or weight decay (and which keep no optimiser state)."""
+    """`tx` for every parameter except those under the paths in `frozen`, whose updates are
+    zero whatever the gradient or weight decay (and which keep no optimiser state).
+
+    A path is a top-level part of the network ("backbone": the linear protocol's encoder) or a
+    "/"-separated path into it ("backbone/embedding": MoCo v3's frozen patch projection). A path
+    that names no parameter is a UserError when the optimiser is initialised.
+    """
     if not frozen:
         return tx
+    prefixes = [tuple(path.split("/")) for path in frozen]
 
     def labels(tree):
-        return {key: jax.tree.map(lambda _, k=key: "frozen" if k in frozen else "train", sub)
-                for key, sub in tree.items()}  # fmt: skip
+        names = lambda path: tuple(str(getattr(k, "key", k)) for k in path)  # noqa: E731
+        paths = [names(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+        for prefix in prefixes:
+            if not any(p[: len(prefix)] == prefix for p in paths):
+                raise UserError(f"cannot freeze {'/'.join(prefix)!r}: the network has no such "
+                                "parameters")  # fmt: skip
+        frozen_leaf = lambda p: any(p[: len(x)] == x for x in prefixes)  # noqa: E731
+        return jax.tree_util.tree_map_with_path(
+            lambda p, _: "frozen" if frozen_leaf(names(p)) else "train", tree
+        )
 
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 

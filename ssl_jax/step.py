@@ -21,6 +21,8 @@ from ssl_jax.errors import UserError
 from ssl_jax.evaluate.health import effective_rank, embedding_std
 from ssl_jax.evaluate.online_probe import ProbeHead, probe_step
 
+DROPOUT_STREAM = 1  # folded into the step's key for the online network's "dropout" rng
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -85,12 +87,18 @@ def loss_and_grads(state: TrainState, batch, *, net, method, mesh=None):
         labels=batch.get("label"),
     )
 
+    # Drop-path (a ViT's model.drop_path_rate) draws from "dropout": the online (student)
+    # network gets a key, `apply_target` none, so an EMA target or teacher runs whole, as DINO's
+    # teacher (built without drop-path). A key of its own, apart from the method's inputs.rng.
+    dropout_rng = jax.random.fold_in(inputs.rng, DROPOUT_STREAM)
+
     def loss_fn(params):
         outputs, mutated = net.apply(
             {"params": params, "batch_stats": state.batch_stats},
             views,
             train=True,
             mutable=["batch_stats"],
+            rngs={"dropout": dropout_rng},
         )
         loss, metrics, aux = method.loss(outputs, inputs)
         return loss, (metrics, outputs, mutated["batch_stats"], aux)

@@ -21,8 +21,10 @@ RTOL, ATOL = 1e-4, 1e-5  # float32 sums in another order; a wrong batch gives ~1
 
 
 def tiny_config(method: str, **overrides):
-    """The method's runlocal preset at the tiny test shapes (width 0.125, 16 px, batch 16)."""
-    config = importlib.import_module(f"configs.{method}").get_config("runlocal")
+    """The method's runlocal preset at the tiny test shapes (width 0.125, 16 px, batch 16);
+    "method:preset" picks another preset ("dino:runlocal_vit")."""
+    name, _, preset = method.partition(":")
+    config = importlib.import_module(f"configs.{name}").get_config(preset or "runlocal")
     config.batch_size = GLOBAL_BATCH
     for key, value in overrides.items():
         node = config

@@ -38,8 +38,10 @@ Conventions the trainer relies on:
   teacher to distil from); the trainer calls it once, never on resume, and shards the result.
 - `encoder_variables(state)` picks the encoder that is evaluated and exported (default: the
   online backbone).
-- `frozen_parts()` names top-level parts of the network the optimiser never changes (the
-  linear protocol's encoder): their updates are zero and they carry no optimiser state.
+- `frozen_parts()` names parts of the network the optimiser never changes, top-level ("backbone":
+  the linear protocol's encoder) or "/"-paths into them ("backbone/embedding": MoCo v3's frozen
+  random patch projection, `model.frozen_patch_embedding`): their updates are zero and they carry
+  no optimiser state, so not even weight decay moves them.
 - Methods with `has_classifier` (supervised fine-tuning, the augmented linear protocol,
   distillation) output "logits" [VB, C] and are evaluated by their own top-1 / top-5 on the
   test split, reported as `<result_name>_top1`, instead of kNN and a linear probe on the
@@ -151,6 +153,11 @@ class MethodBase:
         return params
 
     def frozen_parts(self) -> tuple[str, ...]:
+        """Paths the optimiser leaves alone (ssl_jax.optim.freeze). The ViT's patch projection
+        with `model.frozen_patch_embedding`: MoCo v3's --stop-grad-conv1 (vits.py sets
+        requires_grad=False on its weight and bias, so AdamW's weight decay skips them too)."""
+        if self.config.model.get("frozen_patch_embedding", False):
+            return (f"{self.encoder_name}/embedding",)
         return ()
 
     def encoder_variables(self, state) -> dict:

@@ -80,7 +80,7 @@ class Supervised(MethodBase):
                 "pretrain_epochs": spec.get("epochs")}  # fmt: skip
 
     def frozen_parts(self) -> tuple[str, ...]:
-        return (self.encoder_name,) if self.config.frozen_encoder else ()
+        return (self.encoder_name,) if self.config.frozen_encoder else super().frozen_parts()
 
 
 def pretrained_spec(config) -> dict:
@@ -91,10 +91,11 @@ def pretrained_spec(config) -> dict:
         raise UserError(f"pretrained={config.pretrained!r} holds no exported encoder "
                         f"({checkpoint.ENCODER_SPEC} not found): pass a finished pretraining "
                         "workdir or its export/ folder") from None  # fmt: skip
-    # The compute dtype may differ (fine-tune in float32 what was pretrained in bfloat16).
+    # The compute dtype and drop-path may differ (fine-tune in float32 what was pretrained in
+    # bfloat16): models.RUN_FIELDS.
     mine = {k: v for k, v in models.architecture_spec(models.build_backbone(config)).items()
-            if k != "dtype"}  # fmt: skip
-    theirs = {k: v for k, v in spec["architecture"].items() if k != "dtype"}
+            if k not in models.RUN_FIELDS}  # fmt: skip
+    theirs = {k: v for k, v in spec["architecture"].items() if k not in models.RUN_FIELDS}
     if mine != theirs:
         flags = " ".join(f"--config.model.{k}={v:g}" if isinstance(v, float) else
                          f"--config.model.{k}={v}"

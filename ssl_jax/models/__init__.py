@@ -17,6 +17,11 @@ BACKBONES = {f"resnet{depth}": depth for depth in STAGE_SIZES}
 VIT_BACKBONES = dict(VIT_SIZES)
 VIT_PATCH_SIZE = 16
 
+# Fields of an architecture spec that leave the parameters and the inference function alone: a
+# run may pick its own (fine-tune in float32 what was pretrained in bfloat16; drop-path is a
+# training regulariser, DINO's student 0.1 while the exported teacher had none).
+RUN_FIELDS = ("dtype", "drop_path_rate")
+
 # Above this side the ImageNet stem (7x7 stride 2 + max-pool) no longer throws away most pixels.
 CIFAR_STEM_MAX_SIZE = 64
 
@@ -25,7 +30,9 @@ def build_backbone(config: ml_collections.ConfigDict) -> ResNet | VisionTransfor
     """The backbone named by config.model.name at config.dtype.
 
     ResNets read config.model.width and .cifar_stem; ViTs read config.model.patch_size (0: 16),
-    .pool ("cls" or "mean") and .posemb ("learn" or "sincos2d"), and need width 1.0.
+    .num_heads (0: the name's), .pool ("cls" or "mean"), .posemb ("learn" or "sincos2d"),
+    .layerscale_init and .drop_path_rate (0: off), and need width 1.0.
+    (`model.frozen_patch_embedding` is the optimiser's business: ssl_jax/methods/base.py.)
     """
     name = config.model.name
     if name in VIT_BACKBONES:
@@ -33,6 +40,10 @@ def build_backbone(config: ml_collections.ConfigDict) -> ResNet | VisionTransfor
     if name not in BACKBONES:
         names = [*BACKBONES, *VIT_BACKBONES]
         raise UserError(f"model.name={name!r} is not one of {', '.join(names)}")
+    vit_only = [k for k in VIT_ONLY_KEYS if config.model.get(k, None)]
+    if vit_only:
+        raise UserError(f"model.{vit_only[0]} applies to Vision Transformers only, not {name}: "
+                        f"add --config.model.{vit_only[0]}={_OFF[vit_only[0]]}")  # fmt: skip
     cifar_stem = config.model.get("cifar_stem", None)
     if cifar_stem is None:
         cifar_stem = config.image_size <= CIFAR_STEM_MAX_SIZE
@@ -42,6 +53,12 @@ def build_backbone(config: ml_collections.ConfigDict) -> ResNet | VisionTransfor
         cifar_stem=bool(cifar_stem),
         dtype=compute_dtype(config.dtype),
     )
+
+
+# config.model keys a ResNet would silently ignore when set (their defaults are falsy).
+_OFF = {"num_heads": 0, "layerscale_init": 0.0, "drop_path_rate": 0.0,
+        "frozen_patch_embedding": False}  # fmt: skip
+VIT_ONLY_KEYS = tuple(_OFF)
 
 
 def _build_vit(config: ml_collections.ConfigDict) -> VisionTransformer:
@@ -68,6 +85,16 @@ def _build_vit(config: ml_collections.ConfigDict) -> VisionTransformer:
     if posemb not in POSEMBS:
         raise UserError(f"model.posemb={posemb!r} must be one of {', '.join(POSEMBS)}")
     width, depth, num_heads = VIT_BACKBONES[name]
+    num_heads = int(config.model.get("num_heads", 0)) or num_heads
+    if num_heads < 1 or width % num_heads:
+        raise UserError(f"model.num_heads={num_heads} must divide {name}'s width {width} "
+                        "(0: the name's)")  # fmt: skip
+    layerscale_init = float(config.model.get("layerscale_init", 0.0))
+    if layerscale_init < 0:
+        raise UserError(f"model.layerscale_init={layerscale_init:g} must be >= 0 (0: off)")
+    drop_path_rate = float(config.model.get("drop_path_rate", 0.0))
+    if not 0 <= drop_path_rate < 1:
+        raise UserError(f"model.drop_path_rate={drop_path_rate:g} must be in [0, 1) (0: off)")
     return VisionTransformer(
         width=width,
         depth=depth,
@@ -75,6 +102,8 @@ def _build_vit(config: ml_collections.ConfigDict) -> VisionTransformer:
         patch_size=patch_size,
         posemb=posemb,
         pool=pool,
+        layerscale_init=layerscale_init,
+        drop_path_rate=drop_path_rate,
         dtype=compute_dtype(config.dtype),
     )
 
@@ -84,7 +113,8 @@ def architecture_spec(backbone: nn.Module) -> dict:
 
     A ResNet gives {"depth", "width", "cifar_stem", "dtype"} with no "name", the dict exports
     carried before ViTs existed, so their encoder.json stays valid. A ViT gives "name": "vit" and
-    every field of VisionTransformer.
+    every field of VisionTransformer, "layerscale_init" and "drop_path_rate" only when they are
+    on (the exports written before they existed have neither, and still describe the module).
     """
     dtype = str(jnp.dtype(backbone.dtype))
     if isinstance(backbone, ResNet):
@@ -100,6 +130,10 @@ def architecture_spec(backbone: nn.Module) -> dict:
             "posemb": str(backbone.posemb),
             "pool": str(backbone.pool),
             "dtype": dtype,
+        } | {
+            key: float(getattr(backbone, key))
+            for key in ("layerscale_init", "drop_path_rate")
+            if getattr(backbone, key)
         }
     raise TypeError(f"no architecture spec for {type(backbone).__name__}")
 
@@ -123,25 +157,38 @@ def backbone_from_spec(arch: dict) -> ResNet | VisionTransformer:
 
 
 def model_config(arch: dict) -> dict:
-    """The config.model values that build the backbone an `architecture_spec` describes."""
+    """The config.model values that build the backbone an `architecture_spec` describes (its
+    parameters and inference function: RUN_FIELDS such as drop_path_rate are left to the run).
+    A ViT's num_heads and layerscale_init appear only where they differ from the defaults."""
     fields = dict(arch)
     if fields.get("name", "resnet") == "resnet":
         return {"name": f"resnet{fields['depth']}", "width": float(fields["width"]),
                 "cifar_stem": bool(fields["cifar_stem"])}  # fmt: skip
-    size = (fields["width"], fields["depth"], fields["num_heads"])
-    names = [n for n, s in VIT_BACKBONES.items() if tuple(s) == size]
+    names = [n for n, s in VIT_BACKBONES.items() if s[:2] == (fields["width"], fields["depth"])]
     if not names:
-        raise UserError(f"the export's ViT {size} (width, depth, heads) has no model.name here")
-    return {"name": names[0], "width": 1.0, "patch_size": fields["patch_size"],
-            "pool": fields["pool"], "posemb": fields["posemb"]}  # fmt: skip
+        size = (fields["width"], fields["depth"])
+        raise UserError(f"the export's ViT {size} (width, depth) has no model.name here")
+    model = {"name": names[0], "width": 1.0, "patch_size": fields["patch_size"],
+             "pool": fields["pool"], "posemb": fields["posemb"]}  # fmt: skip
+    if fields["num_heads"] != VIT_BACKBONES[names[0]][2]:  # MoCo v3's ViT-S: 12 heads, not 6
+        model["num_heads"] = fields["num_heads"]
+    if fields.get("layerscale_init", 0.0):
+        model["layerscale_init"] = float(fields["layerscale_init"])
+    return model
 
 
 def describe(arch: dict) -> str:
-    """A backbone's short name for logs and tables: "resnet18 x0.125", "vit_s16 /4"."""
+    """A backbone's short name for logs and tables: "resnet18 x0.125", "vit_s16 /4"; a ViT's
+    non-default heads and LayerScale follow ("vit_s16 h12", "vit_s16 ls0.1")."""
     model = model_config(arch)
     if model["name"].startswith("vit"):
         patch = model["patch_size"]
-        return model["name"] + ("" if patch == VIT_PATCH_SIZE else f" /{patch}")
+        name = model["name"] + ("" if patch == VIT_PATCH_SIZE else f" /{patch}")
+        if "num_heads" in model:
+            name += f" h{model['num_heads']}"
+        if "layerscale_init" in model:
+            name += f" ls{model['layerscale_init']:g}"
+        return name
     return model["name"] + ("" if model["width"] == 1 else f" x{model['width']:g}")
 
 
@@ -171,6 +218,7 @@ def compute_dtype(name: str):
 
 __all__ = [
     "BACKBONES",
+    "RUN_FIELDS",
     "VIT_BACKBONES",
     "Classifier",
     "MLPHead",

@@ -19,8 +19,15 @@ subclasses and DINO's vision_transformer.py follows):
 - a final LayerNorm, then the class token ("cls") or the mean of the patch tokens ("mean", as
   big_vision's "gap" pool, here after the final norm; the class token is still there).
 
-No dropout, attention dropout or drop-path: the SSL recipes this library follows train their ViTs
-without them (MoCo v3 and DINO's ViT-S/16 use none).
+Two options of later ViT recipes, both off by default: LayerScale (Touvron et al. 2021, CaiT
+section 2.1; again in DeiT III) multiplies each residual branch by a learned per-channel gamma
+started at `layerscale_init`, x + gamma * f(x); drop-path (stochastic depth, Huang et al. 2016)
+drops each sample's residual branch with probability rising linearly over the blocks from 0 to
+`drop_path_rate` (timm and DINO: dpr = linspace(0, rate, depth)), the kept ones scaled by
+1 / (1 - p). Drop-path acts only in training mode AND when the caller passes a "dropout" rng:
+the train step passes one to the online (student) network only, so an EMA teacher applied
+without one sees the whole network, as DINO's teacher, built with drop_path_rate 0. No dropout
+or attention dropout: the SSL recipes this library follows use none.
 
 Position embeddings follow the input: sin-cos is computed for the grid of each call, and a
 learned table (created for the grid of the images `init` saw) is resized bicubically to another
@@ -43,6 +50,15 @@ VIT_SIZES = {
 }
 POSEMBS = ("learn", "sincos2d")
 POOLS = ("cls", "mean")
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Each sample's x [B, ...] zeroed with probability `rate`, the kept ones divided by
+    1 - rate so the expectation is x (timm's and DINO's `drop_path`: one Bernoulli draw per
+    sample, shared by all its tokens and channels)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))  # [B, 1, 1]
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> jnp.ndarray:
@@ -83,16 +99,38 @@ class MlpBlock(nn.Module):
         return dense(width, "fc2")(x)
 
 
-class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+class LayerScale(nn.Module):
+    """x * gamma, one learned scale per channel started at `init` (CaiT's diag(lambda))."""
 
-    num_heads: int
-    mlp_dim: int
-    dtype: jnp.dtype = jnp.float32
+    init: float
 
     @nn.compact
     def __call__(self, x):  # [B, L, D] -> [B, L, D]
+        gamma = self.param("gamma", nn.initializers.constant(self.init), (x.shape[-1],))
+        return x * gamma.astype(x.dtype)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)); each branch through
+    LayerScale (if `layerscale_init` > 0) and drop-path (rate `drop_path`), as timm's Block."""
+
+    num_heads: int
+    mlp_dim: int
+    layerscale_init: float = 0.0
+    drop_path: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):  # [B, L, D] -> [B, L, D]
         norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
+
+        def branch(y, i):  # the residual branch i (1: attention, 2: MLP) before the sum
+            if self.layerscale_init:
+                y = LayerScale(self.layerscale_init, name=f"ls{i}")(y)
+            if train and self.drop_path and self.has_rng("dropout"):
+                y = drop_path(y, self.drop_path, self.make_rng("dropout"))
+            return y
+
         y = norm("norm1")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
@@ -106,9 +144,9 @@ class EncoderBlock(nn.Module):
             deterministic=True,
             name="attention",
         )(y)
-        x = x + y
+        x = x + branch(y, 1)
         y = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(norm("norm2")(x))
-        return x + y
+        return x + branch(y, 2)
 
 
 class VisionTransformer(nn.Module):
@@ -122,11 +160,15 @@ class VisionTransformer(nn.Module):
         off, as a VALID convolution does).
       posemb: "learn" (parameter initialised N(0, 0.02^2) as timm / DINO) or "sincos2d" (fixed).
       pool: "cls" (the class token) or "mean" (mean of the patch tokens after the final norm).
+      layerscale_init: LayerScale's initial gamma (CaiT section 2.1: 0.1 up to depth 18, 1e-5 at
+        24, 1e-6 deeper; DeiT III: 1e-4, facebookresearch/deit models_v2.py); 0: no LayerScale.
+      drop_path_rate: drop-path rate of the last block (DINO's ViT-S/16: 0.1); 0: off.
       dtype: compute dtype (float32 or bfloat16); parameters stay float32.
 
     Parameters: `embedding` (conv), `cls` [1, 1, D], `pos_embedding` [1, N + 1, D] (learned only),
-    `encoderblock_0` .. `encoderblock_{depth-1}` (norm1, attention, norm2, mlp/fc1, mlp/fc2) and
-    `encoder_norm`. `train` is accepted for ResNet's calling convention and changes nothing.
+    `encoderblock_0` .. `encoderblock_{depth-1}` (norm1, attention, norm2, mlp/fc1, mlp/fc2, and
+    ls1/gamma, ls2/gamma [D] with LayerScale) and `encoder_norm`. `train` turns drop-path on
+    (with a "dropout" rng); without drop-path it changes nothing (no BatchNorm).
     """
 
     width: int = 768
@@ -135,6 +177,8 @@ class VisionTransformer(nn.Module):
     patch_size: int = 16
     posemb: str = "learn"
     pool: str = "cls"
+    layerscale_init: float = 0.0
+    drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
 
     @property
@@ -152,8 +196,12 @@ class VisionTransformer(nn.Module):
         x = ((images.astype(jnp.float32) - mean) / std).astype(self.dtype)  # [B, H, W, 3]
 
         p = self.patch_size
-        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    name="embedding")(x)  # fmt: skip
+        # MoCo v3's vits.py: xavier_uniform of the patch projection as a [p * p * 3, D] matrix,
+        # U(+-sqrt(6 / (3 p^2 + D))); its frozen-patch recipe keeps exactly this random init.
+        # (flax's xavier_uniform on a conv kernel would count the p x p window in both fans.)
+        init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2))
+        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", kernel_init=init,
+                    dtype=self.dtype, name="embedding")(x)  # fmt: skip
         n, h, w, d = x.shape  # [B, H/p, W/p, D]
         x = x.reshape(n, h * w, d)
 
@@ -165,8 +213,12 @@ class VisionTransformer(nn.Module):
         self.sow("intermediates", "position_embeddings", posemb)
         x = x + posemb.astype(x.dtype)
 
+        # timm / DINO: the drop-path rate rises linearly from 0 (first block) to the rate (last).
+        rates = np.linspace(0.0, self.drop_path_rate, self.depth)
         for i in range(self.depth):
-            x = EncoderBlock(self.num_heads, 4 * d, dtype=self.dtype, name=f"encoderblock_{i}")(x)
+            block = EncoderBlock(self.num_heads, 4 * d, self.layerscale_init, float(rates[i]),
+                                 dtype=self.dtype, name=f"encoderblock_{i}")  # fmt: skip
+            x = block(x, train=train)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
         features = x[:, 0] if self.pool == "cls" else jnp.mean(x[:, 1:], axis=1)
         return features.astype(jnp.float32)  # [B, D]
