@@ -7,7 +7,13 @@
 
 The whole encoder and a new linear layer are trained on a class-balanced labelled subset of the
 train split: `label_fraction` of it (0.01, 0.1, 1.0), drawn from (seed, fraction) and written to
-WORKDIR/train_subset.json (a resumed run reads it back). The encoder's architecture must match
+WORKDIR/train_subset.json (a resumed run reads it back). To train on SimCLR's own ImageNet 1% /
+10% images instead, pass google-research/simclr's imagenet_subsets/1percent.txt (or
+10percent.txt), one file name per line, as --config.label_subset_file=PATH: the images are
+matched by file name (imagenet2012 from TFDS, or imagefolder:PATH), and label_fraction must
+state their share of the train split (0.01 or 0.1, within 5%; the error says the value). The
+file's path and sha256 are saved with the ids, and a resume with another file is refused. The
+encoder's architecture must match
 the export's (the error says which --config.model values to pass). The result is the test
 split's top-1 / top-5 (`finetune_top1`), and the encoder plus its classifier are exported to
 WORKDIR/export (a distillation teacher: configs/distill.py).
@@ -15,8 +21,7 @@ WORKDIR/export (a distillation teacher: configs/distill.py).
 Presets: imagenet (default; SimCLR v2's 1% recipe: LARS, lr 0.005 x sqrt(B), B 1024, 60
 epochs; use --config.label_fraction=0.1 --config.num_epochs=30 for 10%), cifar10, demo (10% of
 the demo set, about a minute on 2 CPU cores), runlocal (seconds, for tests).
-Not built yet: SimCLR v2's fine-tuning from the projection head's first layer, and the
-SimCLR 1% / 10% ImageNet file lists (the subsets are drawn class-balanced instead).
+Not built yet: SimCLR v2's fine-tuning from the projection head's first layer.
 """
 
 from ssl_jax import config_base

@@ -265,6 +265,10 @@ def supervised(preset: str | None, *, frozen_encoder: bool) -> ml_collections.Co
     config.from_scratch = False  # True (and no pretrained): the supervised-from-scratch baseline
     config.frozen_encoder = frozen_encoder
     config.label_fraction = 1.0  # the class-balanced labelled subset of the train split
+    # Or a text file of the labelled images' file names, one a line (SimCLR's ImageNet
+    # imagenet_subsets/1percent.txt, 10percent.txt): they are the subset, not a draw, and
+    # label_fraction must state their share of the train split (0.01, 0.1). "": draw.
+    config.label_subset_file = ""
     config.nesterov = False
     config.warmup_epochs = 0.0
     config.weight_decay = 0.0

@@ -104,12 +104,22 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     check_recipes(methods.get_method(config), config)  # bad method settings fail before any work
-    train_source = data.get_source(config.dataset, "train", config.data_dir)
+    subset_file = config.get("label_subset_file", "")  # a list of the labelled images' names
+    if subset_file:  # a bad list fails now, not after the whole train split has been loaded
+        subsets.read_name_list(subset_file)
+    train_source = data.get_source(
+        config.dataset, "train", config.data_dir, file_names=bool(subset_file)
+    )
     test_source = data.get_source(config.dataset, "test", config.data_dir)
     subset_ids = subset_facts = None
-    if config.get("label_fraction", 1.0) < 1:  # train on a labelled subset (fine-tuning: 1%, 10%)
+    # Train on a labelled subset (fine-tuning: 1%, 10%), drawn or listed in subset_file.
+    if config.get("label_fraction", 1.0) < 1 or subset_file:
         train_source, subset_ids, subset_facts = subsets.labelled_train_subset(
-            train_source, fraction=config.label_fraction, seed=config.seed, workdir=workdir
+            train_source,
+            fraction=config.label_fraction,
+            seed=config.seed,
+            workdir=workdir,
+            subset_file=subset_file,
         )
     steps_per_epoch = data.steps_per_epoch(train_source.num_examples, config.batch_size)
     num_steps = total_steps(config, steps_per_epoch)

@@ -55,6 +55,10 @@ class Source:
         labels: int32 [N], every example's label (-1 unlabeled), known without decoding images:
             what class-balanced labelled subsets are drawn from. None when a custom source
             cannot tell.
+        file_names: every example's file name or path (an image folder's paths, the TFDS
+            `file_name` feature such as imagenet2012's "n01440764_10026.JPEG"), what a list of
+            file names (`label_subset_file`) is matched against. Only kept when asked for
+            (`get_source(..., file_names=True)`); None otherwise, or when the data has none.
     """
 
     name: str
@@ -64,6 +68,7 @@ class Source:
     skipped: int
     reader: Reader = dataclasses.field(repr=False, compare=False)
     labels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    file_names: tuple[str, ...] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def read(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Fetches one example; works eagerly and inside a tf.data map.
@@ -86,6 +91,7 @@ class Source:
             num_examples=len(ids),
             reader=lambda index: self.read(tf.gather(ids_t, index)),
             labels=None if self.labels is None else self.labels[ids],
+            file_names=None if self.file_names is None else tuple(self.file_names[i] for i in ids),
         )
 
 
@@ -108,7 +114,9 @@ def decode_rgb(contents: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source | None:
+def get_source(
+    dataset: str, split: str, data_dir: str | None = None, *, file_names: bool = False
+) -> Source | None:
     """Opens one split of a dataset.
 
     Args:
@@ -117,6 +125,9 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source 
             no test split (imagenet2012, imagenette); for an image folder, to val/ or validation/.
         data_dir: TFDS data directory (None: TFDS's default, $TFDS_DATA_DIR or
             ~/tensorflow_datasets).
+        file_names: also keep every example's file name in `Source.file_names` (image folders:
+            their paths; TFDS: the `file_name` feature, where the dataset has one, such as
+            imagenet2012; the demo set: none, its file names repeat across classes).
 
     Returns:
         The Source, or None when the dataset has no such split (an image folder without test/).
@@ -131,8 +142,8 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source 
     if dataset == "demo":
         return _demo_source(split)
     if dataset.startswith("imagefolder:"):
-        return _folder_source(dataset.removeprefix("imagefolder:"), split)
-    return _tfds_source(dataset, split, data_dir)
+        return _folder_source(dataset.removeprefix("imagefolder:"), split, file_names)
+    return _tfds_source(dataset, split, data_dir, file_names)
 
 
 def from_arrays(
@@ -312,7 +323,7 @@ def _folder_splits(path: str) -> dict[str, str | None]:
     return {"train": path, "test": None}
 
 
-def _folder_source(path: str, split: str) -> Source | None:
+def _folder_source(path: str, split: str, file_names: bool = False) -> Source | None:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
         raise UserError(f"imagefolder: {path} is not a folder; {_folder_layout_help(path)}")
@@ -379,6 +390,7 @@ def _folder_source(path: str, split: str) -> Source | None:
         skipped=skipped,
         reader=read,
         labels=np.asarray(labels, np.int32),
+        file_names=tuple(paths) if file_names else None,
     )
 
 
@@ -395,7 +407,9 @@ def _tfds_is_mocked() -> bool:
     )
 
 
-def _tfds_source(name: str, split: str, data_dir: str | None) -> Source | None:
+def _tfds_source(
+    name: str, split: str, data_dir: str | None, file_names: bool = False
+) -> Source | None:
     """A prepared TFDS split, held in memory as encoded bytes and decoded per example.
 
     Memory: encoded images stay in host RAM, about the size of the prepared dataset (cifar10
@@ -444,18 +458,25 @@ def _tfds_source(name: str, split: str, data_dir: str | None) -> Source | None:
     ds = builder.as_dataset(
         split=wanted, decoders={image_key: tfds.decode.SkipDecoding()}, shuffle_files=False
     )
+    # File names (imagenet2012's "n01440764_10026.JPEG") cost memory: kept only when asked for.
+    name_key = "file_name" if file_names and "file_name" in features else None
     ds = ds.map(
-        lambda ex: (ex[image_key], ex[label_key] if label_key else tf.constant(-1, tf.int64)),
+        lambda ex: (
+            (ex[image_key], ex[label_key] if label_key else tf.constant(-1, tf.int64))
+            + ((ex[name_key],) if name_key else ())
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     logging.info("Loading TFDS %s[%s] into memory (encoded bytes)", name, wanted)
     # Batching amortises the per-element cost of iteration; decoded arrays may differ in size.
     encoded = ds.element_spec[0].dtype == tf.string
-    batches = ds.batch(4096) if encoded else ds.map(lambda x, y: (x[None], y[None]))
-    images, labels = [], [np.zeros([0], np.int32)]
-    for image_batch, label_batch in batches.prefetch(2).as_numpy_iterator():
+    batches = ds.batch(4096) if encoded else ds.map(lambda *xs: tuple(x[None] for x in xs))
+    images, labels, names = [], [np.zeros([0], np.int32)], []
+    for image_batch, label_batch, *name_batch in batches.prefetch(2).as_numpy_iterator():
         images.extend(image_batch)
         labels.append(label_batch.astype(np.int32))
+        if name_key:
+            names.extend(n.decode("utf-8", "replace") for n in name_batch[0])
     labels = np.concatenate(labels)
     if not images:
         raise UserError(f"TFDS dataset {name!r} split {wanted!r} is empty")
@@ -472,4 +493,5 @@ def _tfds_source(name: str, split: str, data_dir: str | None) -> Source | None:
         skipped=0,
         reader=reader,
         labels=labels,
+        file_names=tuple(names) if name_key else None,
     )
