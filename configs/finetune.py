@@ -18,10 +18,19 @@ the export's (the error says which --config.model values to pass). The result is
 split's top-1 / top-5 (`finetune_top1`), and the encoder plus its classifier are exported to
 WORKDIR/export (a distillation teacher: configs/distill.py).
 
+SimCLR v2 fine-tunes from the projection head's first layer (section 2; tf2/model.py
+`ft_proj_selector=1`): --config.finetune_from=projector_layer_1 puts the linear layer on that
+layer's output (Linear -> BN -> ReLU, loaded from the export's projector_layer_1/, which every
+pretraining run with an MLP projector writes) and fine-tunes it with the encoder; the default,
+finetune_from=encoder, puts it on the encoder's features. An export without that layer (a method
+without an MLP projector, or exported before the layer was) is a one-line error: re-export it by
+running its pretraining command again on its workdir, or use finetune_from=encoder.
+results.json names `finetune_from`; the export records it (load_classifier rebuilds the layer).
+
 Presets: imagenet (default; SimCLR v2's 1% recipe: LARS, lr 0.005 x sqrt(B), B 1024, 60
-epochs; use --config.label_fraction=0.1 --config.num_epochs=30 for 10%), cifar10, demo (10% of
-the demo set, about a minute on 2 CPU cores), runlocal (seconds, for tests).
-Not built yet: SimCLR v2's fine-tuning from the projection head's first layer.
+epochs; use --config.label_fraction=0.1 --config.num_epochs=30 for 10%; add
+--config.finetune_from=projector_layer_1 for the paper's head), cifar10, demo (10% of the demo
+set, about a minute on 2 CPU cores), runlocal (seconds, for tests).
 """
 
 from ssl_jax import config_base

@@ -6,7 +6,13 @@ any moment leaves either the old set or the new one, never a half-listed step.
 
 The export (workdir/export) is the encoder alone: `encoder.json` (architecture and input size)
 beside an orbax checkpoint of its variables, loadable with `load_encoder(path)` without the
-training config or any of ssl_jax's training code.
+training config or any of ssl_jax's training code. Beside it, when the run had them:
+  head/               a classifier's linear layer (fine-tuning, distillation): load_classifier;
+  projector_layer_1/  the first layer (Linear -> BN -> ReLU) of the method's MLP projector, the
+                      layer SimCLR v2 fine-tunes from (configs/finetune.py
+                      finetune_from=projector_layer_1), with an encoder.json entry
+                      `projector_layer_1: {in_dim, width, batch_norm}`: load_projector_layer.
+Exports made before projector layers were exported have no such entry and load as before.
 """
 
 import json
@@ -23,6 +29,9 @@ from absl import logging
 ENCODER_SPEC = "encoder.json"
 ENCODER_VARIABLES = "variables"
 HEAD_VARIABLES = "head"  # a classifier's linear layer on the encoder, when the run trained one
+# The projector's first layer: the export's folder, its encoder.json entry, and the value of
+# config.finetune_from that fine-tunes from it.
+PROJECTOR_LAYER = "projector_layer_1"
 
 
 def _pytree_handler() -> ocp.PyTreeCheckpointHandler:
@@ -101,10 +110,21 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
     return None
 
 
-def export_encoder(directory: str, *, spec: dict, variables: dict, head: dict | None = None):
+def export_encoder(
+    directory: str,
+    *,
+    spec: dict,
+    variables: dict,
+    head: dict | None = None,
+    projector: dict | None = None,
+):
     """Write the encoder: spec (architecture) as JSON and its variables with orbax; `head`, the
-    {"params"} of a classifier's linear layer on it (fine-tuning), beside them when given."""
+    {"params"} of a classifier's linear layer on it (fine-tuning), and `projector`, the
+    {"params", "batch_stats"} of the projector's first layer (`projector_layer_1`), beside them
+    when given (the spec then gets the layer's `projector_layer_1` entry)."""
     tmp = directory + ".tmp"
+    if projector is not None:
+        spec = {**spec, PROJECTOR_LAYER: projector_layer_spec(projector)}
     if jax.process_index() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
@@ -116,10 +136,67 @@ def export_encoder(directory: str, *, spec: dict, variables: dict, head: dict | 
         if head is not None:
             head = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), head)
             ckptr.save(os.path.join(tmp, HEAD_VARIABLES), head)
+        if projector is not None:
+            projector = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), projector)
+            ckptr.save(os.path.join(tmp, PROJECTOR_LAYER), projector)
     if jax.process_index() == 0:
         # Replace the previous export only once the new one is complete.
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
+
+
+def projector_layer_1(net, variables: dict) -> dict | None:
+    """{"params", "batch_stats"} of the first layer of `net`'s MLP projector (Linear -> BN ->
+    ReLU, or Linear -> ReLU), or None when it has none.
+
+    A method network's `projector` (methods/network.py: SimCLR, MoCo, BYOL, SwAV...) has one
+    when it is a models.MLPHead of two layers or more (a one-layer head is the output layer, not
+    a hidden one); a classifier fine-tuned from that layer (models.classifier.ProjectorLayer)
+    has it too, fine-tuned. DINO's head is not an MLPHead: none.
+
+    Args:
+      net: the run's network module (unbound).
+      variables: its {"params", "batch_stats"} (the online ones: the exported encoder's).
+    """
+    from ssl_jax.models.classifier import ProjectorLayer
+    from ssl_jax.models.heads import MLPHead
+
+    head = getattr(net, "projector", None)
+    has_layer = isinstance(head, ProjectorLayer) or (
+        isinstance(head, MLPHead) and head.num_layers >= 2
+    )
+    if not has_layer or "projector" not in variables["params"]:
+        return None
+    params = variables["params"]["projector"]
+    stats = variables.get("batch_stats", {}).get("projector", {})
+    return {
+        "params": {k: params[k] for k in ("dense1", "bn1") if k in params},
+        "batch_stats": {k: stats[k] for k in ("bn1",) if k in stats},
+    }
+
+
+def projector_layer_spec(projector: dict) -> dict:
+    """The encoder.json entry of a projector layer's variables: {in_dim, width, batch_norm}."""
+    in_dim, width = np.shape(projector["params"]["dense1"]["kernel"])
+    return {"in_dim": int(in_dim), "width": int(width), "batch_norm": "bn1" in projector["params"]}
+
+
+def load_projector_layer(path: str) -> tuple[dict, dict]:
+    """(its encoder.json entry {in_dim, width, batch_norm}, its {"params", "batch_stats"}) of the
+    projector layer exported beside an encoder (a run's workdir or its export/ folder).
+
+    Raises:
+      FileNotFoundError: the export has no projector layer (a method without an MLP projector,
+        or an export made before projector layers were exported).
+    """
+    path, spec = find_export(path)
+    if PROJECTOR_LAYER not in spec or not os.path.isdir(os.path.join(path, PROJECTOR_LAYER)):
+        raise FileNotFoundError(f"{path} holds no {PROJECTOR_LAYER} (the projector's first "
+                                "layer)")  # fmt: skip
+    with ocp.StandardCheckpointer() as ckptr:
+        variables = ckptr.restore(os.path.abspath(os.path.join(path, PROJECTOR_LAYER)))
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    return spec[PROJECTOR_LAYER], variables
 
 
 def find_export(path: str) -> tuple[str, dict]:
@@ -163,19 +240,34 @@ def load_encoder(path: str) -> tuple[Callable, dict]:
     return apply_fn, variables
 
 
+def classifier_from_spec(spec: dict):
+    """The models.Classifier an export's encoder.json describes: the backbone and its linear
+    layer, on the projector's first layer when spec["classifier"]["finetune_from"] says so
+    (absent: on the encoder, as every export before that key)."""
+    from ssl_jax.models import Classifier, backbone_from_spec
+    from ssl_jax.models.classifier import ProjectorLayer
+
+    backbone = backbone_from_spec(spec["architecture"])
+    projector = None
+    if spec["classifier"].get("finetune_from", "encoder") == PROJECTOR_LAYER:
+        layer = spec[PROJECTOR_LAYER]
+        projector = ProjectorLayer(layer["width"], layer["batch_norm"], dtype=backbone.dtype)
+    return Classifier(backbone, spec["classifier"]["num_classes"], projector=projector)
+
+
 def load_classifier(path: str) -> tuple[Callable, dict, dict]:
-    """Load an exported classifier (a fine-tuning run's encoder and its linear layer).
+    """Load an exported classifier (a fine-tuning run's encoder and its linear layer, and the
+    projector's first layer between them when it was fine-tuned from it).
 
     Returns:
       (apply_fn, variables, spec) with `apply_fn(variables, images) -> [N, C] float32 logits`
       for NHWC uint8 images at the training resolution, and the export's encoder.json.
     """
-    from ssl_jax.models import Classifier, backbone_from_spec
-
     path, spec = find_export(path)
     if "classifier" not in spec or not os.path.isdir(os.path.join(path, HEAD_VARIABLES)):
         raise FileNotFoundError(f"{path} holds an encoder without a classifier: export one "
                                 "from a fine-tuning run (configs/finetune.py)")  # fmt: skip
+    module = classifier_from_spec(spec)
     with ocp.StandardCheckpointer() as ckptr:
         encoder = ckptr.restore(os.path.abspath(os.path.join(path, ENCODER_VARIABLES)))
         head = ckptr.restore(os.path.abspath(os.path.join(path, HEAD_VARIABLES)))
@@ -183,7 +275,11 @@ def load_classifier(path: str) -> tuple[Callable, dict, dict]:
         "params": {"backbone": encoder["params"], "head": head["params"]},
         "batch_stats": {"backbone": encoder.get("batch_stats", {})},  # {}: a ViT
     }
-    module = Classifier(backbone_from_spec(spec["architecture"]), spec["classifier"]["num_classes"])
+    if module.projector is not None:
+        _, layer = load_projector_layer(path)
+        variables["params"]["projector"] = layer["params"]
+        if layer["batch_stats"]:
+            variables["batch_stats"]["projector"] = layer["batch_stats"]
 
     @jax.jit
     def apply_fn(variables, images):

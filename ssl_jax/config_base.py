@@ -264,6 +264,10 @@ def supervised(preset: str | None, *, frozen_encoder: bool) -> ml_collections.Co
     config.pretrained = ""  # a pretraining workdir or its export/ folder
     config.from_scratch = False  # True (and no pretrained): the supervised-from-scratch baseline
     config.frozen_encoder = frozen_encoder
+    # Fine-tuning only: the linear layer on the "encoder"'s features, or on the pretrained
+    # projector's first layer, fine-tuned with the encoder ("projector_layer_1": SimCLR v2
+    # section 2, tf2/model.py ft_proj_selector=1; the export's projector_layer_1/).
+    config.finetune_from = "encoder"
     config.label_fraction = 1.0  # the class-balanced labelled subset of the train split
     # Or a text file of the labelled images' file names, one a line (SimCLR's ImageNet
     # imagenet_subsets/1percent.txt, 10percent.txt): they are the subset, not a draw, and

@@ -102,11 +102,14 @@ def rows_of(workdir: str) -> list[dict]:
         if match.group(2) == "teacher":  # a distillation's teacher: its own workdir's row
             continue
         prefix, protocol = match.group(1) or "", match.group(2)
+        shown = protocol
+        if results.get("finetune_from", "encoder") != "encoder":  # SimCLR v2's projector layer
+            shown += f" from {results['finetune_from']}"
         rows.append(
             {
                 **common,
                 "encoder": "random init" if prefix else results.get("encoder", "trained"),
-                "protocol": protocol,
+                "protocol": shown,
                 "top1": results[key],
                 "top5": results.get(f"{prefix}{protocol}_top5"),
                 "labels": results.get(f"{protocol}_labels", common["labels"]),

@@ -275,14 +275,24 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
         "step": int(state.step),
         "epochs": round(int(state.step) / run.steps_per_epoch, 3),
     }
+    # The first layer of the MLP projector, if the network has one (SimCLR v2 fine-tunes from it).
+    projector = checkpoint.projector_layer_1(
+        run.training.net, {"params": state.params, "batch_stats": state.batch_stats}
+    )
     head = None
     if method.has_classifier:  # exported too, so the classifier can teach (distillation)
         head = {"params": jax.device_get(state.params["head"])}
         spec["classifier"] = {"num_classes": run.train_source.num_classes,
                               "top1": results.get(f"{method.result_name}_top1")}  # fmt: skip
+        if projector is not None:  # the linear layer reads that layer (finetune_from)
+            spec["classifier"]["finetune_from"] = checkpoint.PROJECTOR_LAYER
     variables = jax.device_get(run.encoder_variables(state))
     checkpoint.export_encoder(
-        os.path.join(run.workdir, "export"), spec=spec, variables=variables, head=head
+        os.path.join(run.workdir, "export"),
+        spec=spec,
+        variables=variables,
+        head=head,
+        projector=projector,
     )
     if run.is_lead:
         if isinstance(encoder, models.ResNet):  # for PyTorch users: torchvision's names, layouts

@@ -67,7 +67,9 @@ def test_fine_tuning_and_distillation_rows_name_the_encoder_they_started_from(tm
     student = {**tuned, "method": "distill", "encoder": "student", "label_fraction": 1.0,
                "teacher_top1": 0.36}  # fmt: skip
     student["distill_top1"] = student.pop("finetune_top1")
-    rows = [row for name, results in (("ft", tuned), ("sup", scratch), ("dist", student))
+    v2 = {**tuned, "finetune_from": "projector_layer_1"}  # SimCLR v2's fine-tuning
+    runs = (("ft", tuned), ("sup", scratch), ("dist", student), ("v2", v2))
+    rows = [row for name, results in runs
             for row in report.rows_of(make_workdir(tmp_path, name, results, config))]  # fmt: skip
     lines = report.markdown(rows).splitlines()[2:]
     assert lines == [
@@ -77,6 +79,8 @@ def test_fine_tuning_and_distillation_rows_name_the_encoder_they_started_from(tm
         "| 86.0 | 3m22s |",
         "| dist | distill | resnet18 x0.125 | demo | 6.41 | student | distill | 100% | 36.0 | n/a "
         "| 3m22s |",
+        "| v2 | simclr | resnet18 x0.125 | demo | 6.41 | trained | finetune from projector_layer_1 "
+        "| 10% | 36.0 | 86.0 | 3m22s |",
     ]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from ssl_jax import checkpoint, losses
 from ssl_jax.errors import UserError
 from ssl_jax.methods.supervised import Supervised
-from ssl_jax.models import Classifier, backbone_from_spec
+from ssl_jax.models import Classifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +37,8 @@ class Distill(Supervised):
 
     @functools.cached_property
     def teacher(self) -> Classifier:
-        spec = self.teacher_spec()
-        backbone = backbone_from_spec(spec["architecture"])
-        return Classifier(backbone, spec["classifier"]["num_classes"])
+        # Fine-tuned on the encoder or on the projector's first layer (SimCLR v2).
+        return checkpoint.classifier_from_spec(self.teacher_spec())
 
     def network(self) -> Classifier:
         teacher_classes = self.teacher.num_classes
