@@ -31,6 +31,7 @@ SLOW_FILES_FIRST = (
     "test_supervised.py",
     "test_distill.py",
     "test_dino.py",
+    "test_swav.py",
     "test_export.py",
     "test_mocov3.py",
     "test_cli_errors.py",
