@@ -45,7 +45,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -62,6 +61,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import torch_simclr  # noqa: E402
 from ssl_jax import data, methods  # noqa: E402
 from ssl_jax.data import augment  # noqa: E402
 from ssl_jax.step import check_recipes  # noqa: E402
@@ -188,22 +188,8 @@ def trainer_batches(config, source, recipes):
 # ------------------------------------------------------------------------------ timing
 
 
-def process_usage(since: dict | None = None) -> dict:
-    """CPU seconds of all this process's threads and their run-queue wait (Linux schedstat), or
-    the change since `since` (the accounting of benchmarks/torch_simclr.py)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    now = {"cpu_s": usage.ru_utime + usage.ru_stime, "runqueue_wait_s": None}
-    try:
-        wait_ns = 0
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                wait_ns += int(f.read().split()[1])
-        now["runqueue_wait_s"] = wait_ns / 1e9
-    except (OSError, ValueError, IndexError):
-        pass
-    if since is None:
-        return now
-    return {k: None if now[k] is None or since[k] is None else now[k] - since[k] for k in now}
+# CPU seconds of this process's threads and their run-queue wait: torch_simclr.py's measure.
+process_usage = torch_simclr.process_usage
 
 
 def host_load() -> float | None:
