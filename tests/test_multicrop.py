@@ -1,6 +1,6 @@
 """Multi-crop (`num_local_views`): the pipeline's views of two sizes, one backbone pass per
-resolution group, and the local views entering SimCLR's and BYOL's losses. (8 devices against
-1 with local views: tests/test_dino.py.)"""
+resolution group, the crops' determinism, and the local views entering SimCLR's and BYOL's
+losses. (8 devices against 1 with local views: tests/test_dino.py, test_swav.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,30 @@ def test_the_pipeline_makes_global_and_local_views_of_their_sizes():
     assert [v.shape for v in batch["views"]] == [(8, 16, 16, 3)] * 2 + [(8, 8, 8, 3)] * 3
     # Each local view has its own randomness (keyed by view), so the three differ.
     assert not np.array_equal(batch["views"][2], batch["views"][3])
+
+
+def test_local_crops_are_the_same_for_any_process_count_and_on_resume():
+    """Every crop is keyed by (seed, epoch, index, view): two hosts' shares of a step join into
+    one host's batch, and a pipeline restarted at step 3 (epoch 1) makes the same crops."""
+    config = mc.tiny_config("simclr", num_local_views=2)
+    recipes = [config.augment[n] for n in get_method(config).view_recipes()]
+    rng = np.random.default_rng(1)
+    source = from_arrays("tiny", rng.integers(0, 256, (24, 24, 24, 3)), np.arange(24) % 4)
+
+    def steps(start=0, **share):
+        batches = data.train_batches(source, recipes=recipes, global_batch=8, seed=5,
+                                     start_step=start, **share)  # fmt: skip
+        return [next(batches) for _ in range(4 - start)]
+
+    whole = steps()
+    halves = [steps(process_index=i, process_count=2) for i in range(2)]
+    for step, batch in enumerate(whole):
+        for v, view in enumerate(batch["views"]):
+            joined = np.concatenate([halves[0][step]["views"][v], halves[1][step]["views"][v]])
+            np.testing.assert_array_equal(joined, view)
+    for resumed, batch in zip(steps(start=3), whole[3:], strict=True):
+        for a, b in zip(resumed["views"], batch["views"], strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_the_backbone_runs_once_per_resolution_group_with_its_own_batch_statistics():
