@@ -16,8 +16,25 @@ class NonFiniteLossError(Exception):
     """Training produced a NaN or Inf loss; the run stops and keeps its last good checkpoint."""
 
 
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written (disk full, no permission); the previous one is kept."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived: a checkpoint was saved at a step boundary and the run stopped early.
+
+    Not a failure, but not a finished run either: rerunning the same command resumes.
+    """
+
+
+# 75 is EX_TEMPFAIL of sysexits.h, "try again later": a scheduler or launch script must not take
+# a preempted run for a finished one (0) or a broken one (other codes). launch/ re-runs on it.
+PREEMPTED_EXIT_CODE = 75
+
 # Exit status per error kind, shared by every command-line entry point.
-EXIT_STATUS = {UserError: 2, NonFiniteLossError: 3}
+EXIT_STATUS = {UserError: 2, NonFiniteLossError: 3, CheckpointWriteError: 4,
+               Preempted: PREEMPTED_EXIT_CODE}  # fmt: skip
+_PREFIX = {Preempted: "preempted"}  # the console line's first word; "error" for the rest
 
 
 @contextlib.contextmanager
@@ -26,5 +43,5 @@ def exit_on_error():
     try:
         yield
     except tuple(EXIT_STATUS) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"{_PREFIX.get(type(e), 'error')}: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_STATUS[type(e)])
