@@ -1,7 +1,9 @@
-"""Host input-pipeline throughput: two views vs multi-crop, on the same host (no model).
+"""Host input-pipeline throughput: two views vs multi-crop, and by source, on one host (no model).
 
 Issue 9: how much slower is the tf.data pipeline with multi-crop (2 x 224 + 6 x 96 px) than with
-two views? Each setting's pipeline is built as `ssl_jax.train` builds it: the config from
+two views? Issue 11: how many examples/s, and per core, does a host get from each kind of source
+(TFDS array_record read by index, TFDS held in memory, an image folder), to size a host? Each
+setting's pipeline is built as `ssl_jax.train` builds it: the config from
 configs/<method>.py, the recipes the method asks for (`methods.get_method(config)` and
 `step.check_recipes`, global views then `num_local_views` of recipe `local`), the train split from
 `data.get_source(config.dataset, "train")` and `data.train_batches(source, recipes=...,
@@ -20,6 +22,12 @@ Sources:
     imagefolder     ImageNet-like JPEGs (about 400 x 350 px, smooth gradients and blobs plus
                     noise, quality 90, ~40-60 KB each), generated once with PIL into --image_dir
                     and reused by later runs; read by path as `imagefolder:PATH` is in training
+    array_record    the same JPEG files (bytes unchanged, labels from their class folders) as a
+                    TFDS dataset prepared in the array_record format into --tfds_dir (once,
+                    reused), read by index from disk, a batch of records per call
+                    (ssl_jax/data/sources/tfds_random_access.py)
+    tfds_memory     the same, prepared as TFRecord and loaded into RAM at start
+                    (ssl_jax/data/sources/tfds_memory.py)
     demo            the bundled demo set (32 px JPEGs in memory), upscaled by the crop
 
 Every (source, setting) is measured --repeats times, the settings interleaved (round r times
@@ -34,6 +42,11 @@ On the 2-core CPU host (about 3-4 minutes when it is idle; 9 minutes at a load a
 
     python benchmarks/pipeline.py
 
+Issue 11's table (results/pipeline_sources_cpu.md), two views at 224 px from every source:
+
+    python benchmarks/pipeline.py --settings simclr --sources array_record,tfds_memory,imagefolder \
+        --skip_breakdown --output benchmarks/results/pipeline_sources_cpu.md
+
 The Markdown table is printed and written to --output (default
 benchmarks/results/pipeline_<platform>.md), the raw numbers beside it as .json.
 """
@@ -45,6 +58,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -60,6 +74,7 @@ if ROOT not in sys.path:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
 
 from benchmarks import torch_simclr  # noqa: E402
 from ssl_jax import data, methods  # noqa: E402
@@ -68,6 +83,10 @@ from ssl_jax.step import check_recipes  # noqa: E402
 
 DEFAULT_IMAGE_DIR = os.path.join("/tmp", "ssl_jax_pipeline_images")
 IMAGE_MANIFEST = "ssl_jax_pipeline_images.json"
+# The TFDS sources: --image_dir's JPEGs as a TFDS dataset, one data_dir per file format.
+TFDS_NAME = "ssl_jax_pipeline_jpegs"
+TFDS_FORMATS = {"array_record": "array_record", "tfds_memory": "tfrecord"}
+SOURCES = ("imagefolder", "array_record", "tfds_memory", "demo")
 
 # name: (config file, preset, num_local_views override or None for the preset's own)
 SETTINGS = {
@@ -141,6 +160,60 @@ def make_image_folder(path: str, num_images: int, *, classes: int = 10, seed: in
     with open(manifest, "w") as f:
         json.dump(have, f, indent=2)
     return have
+
+
+def prepare_tfds(image_dir: str, images: dict, data_dir: str, file_format: str) -> None:
+    """--image_dir's JPEGs as TFDS dataset TFDS_NAME in `file_format`, prepared into data_dir.
+
+    The files go in as they are (tfds.features.Image stores a path's bytes unchanged), labelled
+    by their class folder, so the TFDS sources decode exactly the imagefolder source's JPEGs.
+    Prepared once per image set: data_dir keeps a copy of the image manifest, and a different
+    one (the images were regenerated) prepares it again.
+    """
+    manifest = os.path.join(data_dir, IMAGE_MANIFEST)
+    try:
+        with open(manifest) as f:
+            if json.load(f) == images:
+                return
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(data_dir, ignore_errors=True)
+    classes = sorted(
+        e.name for e in os.scandir(image_dir) if e.is_dir() and not e.name.startswith(".")
+    )
+    files = [
+        (os.path.join(image_dir, c, f), label)
+        for label, c in enumerate(classes)
+        for f in sorted(os.listdir(os.path.join(image_dir, c)))
+    ]
+
+    # Not registered: get_source opens it from data_dir's metadata (builder_from_files), as a
+    # user's dataset prepared elsewhere.
+    class SslJaxPipelineJpegs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                    "label": tfds.features.ClassLabel(names=classes),
+                    "file_name": tfds.features.Text(),
+                }
+            )
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for path, label in files:
+                name = os.path.relpath(path, image_dir)
+                yield name, {"image": path, "label": label, "file_name": name}
+
+    print(f"preparing {TFDS_NAME} ({file_format}) in {data_dir} ...", file=sys.stderr, flush=True)
+    SslJaxPipelineJpegs(data_dir=data_dir, file_format=file_format).download_and_prepare()
+    with open(manifest, "w") as f:
+        json.dump(images, f, indent=2)
 
 
 # ------------------------------------------------------------------------------ configs
@@ -326,8 +399,12 @@ def _num(x, spec: str) -> str:
 
 def markdown(env: dict, rows: list[dict], stages: list[dict], args, images: dict | None) -> str:
     n_cores = env["cores"]
+    if len(args.settings) == 1:
+        title = f"Input-pipeline throughput by source, {SETTING_LABELS[args.settings[0]]}"
+    else:
+        title = "Input-pipeline throughput, two views vs multi-crop"
     lines = [
-        f"# Input-pipeline throughput, two views vs multi-crop ({env['platform']} host)",
+        f"# {title} ({env['platform']} host)",
         "",
         f"{env['date']} | tensorflow {env['tensorflow']}, jax {env['jax']} | {n_cores} cores "
         f"(process affinity; host CPUs {env['host_cpus']}) | global batch {args.batch_size}, "
@@ -393,6 +470,14 @@ def markdown(env: dict, rows: list[dict], stages: list[dict], args, images: dict
         "seconds of all the process's threads in the timed batches. first batch s: start-up, "
         "from building the pipeline to the first batch (tracing, thread pools, first reads).",
     ]
+    opens = {r["source"]: (r["source_open_s"], r["dataset_examples"]) for r in rows}
+    lines += [
+        "",
+        "Opening each source (`get_source`, once, before the timing; the image folder's scan "
+        "decodes every file, tfds_memory loads the split into RAM): "
+        + ", ".join(f"{name} {sec:.1f} s ({n:,} examples)" for name, (sec, n) in opens.items())
+        + ".",
+    ]
     if images:
         lines += [
             "",
@@ -402,6 +487,17 @@ def markdown(env: dict, rows: list[dict], stages: list[dict], args, images: dict
             "pass from the page cache). demo: the bundled 32 px JPEGs held in memory, upscaled "
             "by the crop.",
         ]
+        if any(r["source"] in TFDS_FORMATS for r in rows):
+            lines += [
+                "",
+                "array_record and tfds_memory: the same JPEG files as a TFDS dataset "
+                f"(`{TFDS_NAME}`, bytes unchanged), prepared once as array_record and as TFRecord. "
+                "array_record: read by example index from disk (`tfds_random_access.py`: one "
+                "array_record read of the host's batch of records per call, then decoded and "
+                "augmented in the tf.data graph; from the page cache after the first pass). "
+                "tfds_memory: the TFRecord split loaded into RAM as encoded bytes at start "
+                "(`tfds_memory.py`), then decoded and augmented alike.",
+            ]
     if stages:
         lines += [
             "",
@@ -452,9 +548,17 @@ def parse_args(argv=None):
     )
     parser.add_argument("--baseline", default="simclr", help="the two-view setting")
     parser.add_argument(
-        "--sources", default="imagefolder,demo", help="imagefolder and/or demo (see the docstring)"
+        "--sources",
+        default="imagefolder,demo",
+        help=f"comma-separated, from {', '.join(SOURCES)} (see the docstring)",
     )
     parser.add_argument("--image_dir", default=DEFAULT_IMAGE_DIR, help="generated JPEGs")
+    parser.add_argument(
+        "--tfds_dir",
+        default=None,
+        help="TFDS data_dirs of the array_record and tfds_memory sources (default: --image_dir "
+        "with the suffix _tfds; not inside it, where they would be class folders)",
+    )
     parser.add_argument("--num_images", type=int, default=1024, help="JPEGs to generate")
     parser.add_argument("--batch_size", type=int, default=64, help="global batch")
     parser.add_argument("--batches", type=int, default=5, help="timed batches per repeat")
@@ -482,8 +586,9 @@ def parse_args(argv=None):
         if s not in SETTINGS:
             parser.error(f"unknown setting {s!r}; use {', '.join(SETTINGS)}")
     for s in args.sources:
-        if s not in ("imagefolder", "demo"):
-            parser.error(f"unknown source {s!r}; use imagefolder, demo")
+        if s not in SOURCES:
+            parser.error(f"unknown source {s!r}; use {', '.join(SOURCES)}")
+    args.tfds_dir = args.tfds_dir or args.image_dir.rstrip("/") + "_tfds"
     if args.baseline not in args.settings:
         parser.error(f"--baseline {args.baseline} is not among --settings")
     if args.num_images < args.batch_size:
@@ -501,17 +606,27 @@ def main(argv=None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
 
     images = None
-    datasets = {}
-    if "imagefolder" in args.sources:
+    datasets = {}  # source name -> (dataset, TFDS data_dir)
+    if set(args.sources) & {"imagefolder", *TFDS_FORMATS}:
         images = make_image_folder(args.image_dir, args.num_images)
-        datasets["imagefolder"] = f"imagefolder:{args.image_dir}"
-    if "demo" in args.sources:
-        datasets["demo"] = "demo"
+    for source_name in args.sources:
+        if source_name == "imagefolder":
+            datasets[source_name] = (f"imagefolder:{args.image_dir}", None)
+        elif source_name in TFDS_FORMATS:
+            data_dir = os.path.join(args.tfds_dir, TFDS_FORMATS[source_name])
+            prepare_tfds(args.image_dir, images, data_dir, TFDS_FORMATS[source_name])
+            datasets[source_name] = (TFDS_NAME, data_dir)
+        else:
+            datasets[source_name] = ("demo", None)
 
     # One Source per dataset (an image folder is scanned once), shared by its settings.
     cells = []
-    for source_name, dataset in datasets.items():
-        source = data.get_source(dataset, "train")
+    for source_name, (dataset, data_dir) in datasets.items():
+        opened = time.perf_counter()
+        source = data.get_source(dataset, "train", data_dir)
+        open_s = time.perf_counter() - opened
+        expected_fetch = source_name == "array_record"  # the path the source name promises
+        assert (source.fetch is not None) == expected_fetch, (source_name, source.name)
         for setting in args.settings:
             config = setting_config(setting, dataset=dataset, batch_size=args.batch_size)
             recipes = trainer_recipes(config)
@@ -522,16 +637,18 @@ def main(argv=None) -> None:
                     source=source_name,
                     setting=setting,
                     dataset_name=source.name,
+                    dataset_examples=source.num_examples,
                     views=len(recipes),
                     view_sizes=" + ".join(f"{n} x {s}" for s, n in counts.items()),
                     recipes=[dict(r.items()) for r in recipes],
+                    source_open_s=open_s,
                     make=(lambda c=config, s=source, r=recipes: trainer_batches(c, s, r)),
                     runs=[],
                 )
             )
     stage_cells = []
     if not args.skip_breakdown and "imagefolder" in datasets:
-        source = data.get_source(datasets["imagefolder"], "train")
+        source = data.get_source(datasets["imagefolder"][0], "train")
         for stage, make in breakdown_pipelines(source, args.batch_size, seed=0).items():
             stage_cells.append(dict(source="imagefolder", stage=stage, make=make, runs=[]))
 

@@ -21,7 +21,7 @@ _POSITIVE = ("image_size", "batch_size", "checkpoint_every_steps", "keep_checkpo
              "log_every_steps")  # fmt: skip
 _NON_NEGATIVE = ("num_epochs", "total_steps", "warmup_epochs", "eval_every_steps",
                  "eval_batch_size", "eval_max_examples", "weight_decay",
-                 "grad_clip_per_tensor")  # fmt: skip
+                 "grad_clip_per_tensor", "data_ram_limit_gb")  # fmt: skip
 
 
 def _get(config, dotted: str):

@@ -12,6 +12,11 @@ Training order and augmentation are pure functions of (seed, step), not of pipel
 
 So a run resumed at step k (start_step=k) sees exactly the batches an uninterrupted run sees, and
 the global batch is the same whatever the number of hosts.
+
+Reading: each example is read with `source.read(index)` inside the parallel map that augments
+it; a Source with a batched hook (`source.fetch`, e.g. TFDS array_record) is instead fetched once
+per host batch of indices (`fetch(indices [b])`, a parallel map over batches), then decoded per
+example (`source.decode`) in that same augmenting map. Images, and so batches, are the same.
 """
 
 from __future__ import annotations
@@ -63,6 +68,27 @@ def _options() -> tf.data.Options:
     # threads only adds contention (the setting of the flax and big_vision input pipelines).
     options.threading.max_intra_op_parallelism = 1
     return options
+
+
+def _with_records(ds: tf.data.Dataset, source: Source, batch: int) -> tf.data.Dataset:
+    """Appends the fetched records to each element (..., index) of `ds` when `source` has a
+    batched hook: one `source.fetch` call per `batch` consecutive elements; else `ds` as is.
+
+    The elements come out one by one, in the same order, as (..., index, *record).
+    """
+    if source.fetch is None:
+        return ds
+
+    def fetch(*elements: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        return (*elements, *source.fetch(elements[-1]))  # elements[-1]: indices [n]
+
+    ds = ds.batch(batch).map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.unbatch()
+
+
+def _read(source: Source, index: tf.Tensor, record: tuple[tf.Tensor, ...]):
+    """(image, label) of one example: from its fetched record, or read by index."""
+    return source.decode(*record) if record else source.read(index)
 
 
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
@@ -132,8 +158,8 @@ def train_batches(
     # The view code branches with tf.cond and on Python values only, so AutoGraph's rewrite adds
     # nothing but start-up time (7-9 s of every run's first batch on 2 cores); outputs identical.
     @tf.autograph.experimental.do_not_convert
-    def make_views(epoch: tf.Tensor, index: tf.Tensor):
-        image, label = source.read(index)
+    def make_views(epoch: tf.Tensor, index: tf.Tensor, *record: tf.Tensor):
+        image, label = _read(source, index, record)
         key = tf.random.experimental.stateless_fold_in(base_seed, epoch)
         key = tf.random.experimental.stateless_fold_in(key, index)
         view_seeds = tf.random.experimental.stateless_split(key, len(parsed))  # [V, 2]
@@ -141,6 +167,8 @@ def train_batches(
         return views, label, index
 
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_pairs)
+    # Every epoch holds whole host batches, so each fetch is exactly one step's rows.
+    ds = _with_records(ds, source, local_batch)
     ds = ds.map(make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(prefetch).with_options(_options())
 
@@ -184,12 +212,14 @@ def eval_batches(
     mask = positions < source.num_examples
 
     @tf.autograph.experimental.do_not_convert  # straight-line TF ops, as make_views
-    def read(index: tf.Tensor, valid: tf.Tensor):
-        image, label = source.read(tf.where(valid, index, 0))
+    def read(valid: tf.Tensor, index: tf.Tensor, *record: tf.Tensor):
+        image, label = _read(source, index, record)
         image = augment.eval_view(image, image_size) * tf.cast(valid, tf.uint8)
         return image, tf.where(valid, label, -1), valid
 
-    ds = tf.data.Dataset.from_tensor_slices((positions, mask))
+    # Padding rows read example 0 and are masked out.
+    ds = tf.data.Dataset.from_tensor_slices((mask, np.where(mask, positions, 0)))
+    ds = _with_records(ds, source, hi - lo)
     ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(hi - lo).prefetch(2).with_options(_options())
 

@@ -1,8 +1,16 @@
 """What every data source is: a `Source`, random access to (image, label) by example index.
 
-A `Source` only knows how to fetch example i, inside a tf.data graph; order, sharding and
-augmentation live in pipeline.py. The readers here hold examples in memory; the other modules of
-this package build Sources from a kind of storage each.
+A `Source` only knows how to fetch examples by index, inside a tf.data graph; order, sharding
+and augmentation live in pipeline.py. It reads in one of two ways:
+
+    per example   `read(index)`: one example at a time (image folders, data held in memory)
+    batched       `fetch(indices)` once per batch of indices (the records, still encoded), then
+                  `decode(*record)` per example: for storage where one call per record costs
+                  too much (tfds_random_access.py: a Python call into array_record)
+
+The pipeline uses the batched hook when a Source has one, and both ways give the same images.
+The readers here hold examples in memory; the other modules of this package build Sources from a
+kind of storage each.
 """
 
 from __future__ import annotations
@@ -16,6 +24,10 @@ import tensorflow as tf
 SPLITS = ("train", "test")
 
 Reader = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# int64 indices [n] -> a tuple of tensors with leading dimension n: n records, one call.
+Fetcher = Callable[[tf.Tensor], tuple[tf.Tensor, ...]]
+# One record (row i of every tensor a Fetcher returns) -> (image, label), as `Source.read`.
+RecordDecoder = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +44,17 @@ class Source:
             another storage format.
         labels: int32 [N], every example's label (-1 unlabeled), known without decoding images:
             what class-balanced labelled subsets are drawn from. None when a custom source
-            cannot tell.
+            cannot tell. A random-access TFDS source reads them on first use (one pass over
+            the split's records), since only labelled subsets need them.
         file_names: every example's file name or path (an image folder's paths, the TFDS
             `file_name` feature such as imagenet2012's "n01440764_10026.JPEG"), what a list of
             file names (`label_subset_file`) is matched against. Only kept when asked for
             (`get_source(..., file_names=True)`); None otherwise, or when the data has none.
+        fetch: optional batched read (with `decode`): int64 indices [n] -> a tuple of tensors
+            of leading dimension n, the n records in one call (a tf.numpy_function, say).
+            None: the pipeline reads per example with `read`.
+        decode: with `fetch`: one record (row i of each of fetch's tensors) -> (image, label)
+            exactly as `read(indices[i])` returns them.
     """
 
     name: str
@@ -47,6 +65,8 @@ class Source:
     reader: Reader = dataclasses.field(repr=False, compare=False)
     labels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     file_names: tuple[str, ...] | None = dataclasses.field(default=None, repr=False, compare=False)
+    fetch: Fetcher | None = dataclasses.field(default=None, repr=False, compare=False)
+    decode: RecordDecoder | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def read(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Fetches one example; works eagerly and inside a tf.data map.
@@ -63,14 +83,26 @@ class Source:
         """The examples `ids` (int [M]) of this split, as a Source of M examples."""
         ids = np.asarray(ids, np.int64)
         ids_t = tf.constant(ids, tf.int64)
+        fetch = self.fetch
         return dataclasses.replace(
             self,
             name=name,
             num_examples=len(ids),
             reader=lambda index: self.read(tf.gather(ids_t, index)),
+            fetch=None if fetch is None else lambda indices: fetch(tf.gather(ids_t, indices)),
             labels=None if self.labels is None else self.labels[ids],
             file_names=None if self.file_names is None else tuple(self.file_names[i] for i in ids),
         )
+
+
+def batched_reader(fetch: Fetcher, decode: RecordDecoder) -> Reader:
+    """`read` for a Source that fetches in batches: a batch of one index."""
+
+    def read(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        records = fetch(tf.reshape(tf.cast(index, tf.int64), [1]))  # each [1, ...]
+        return decode(*(r[0] for r in records))
+
+    return read
 
 
 def decode_rgb(contents: tf.Tensor) -> tf.Tensor:
