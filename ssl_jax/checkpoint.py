@@ -1,8 +1,12 @@
 """Checkpoints: save, auto-resume past damaged checkpoints, encoder export and load.
 
-Train state goes to workdir/checkpoints through orbax's CheckpointManager. Saves are synchronous
-and orbax writes each one to a temporary directory that is renamed when complete, so a kill at
-any moment leaves either the old set or the new one, never a half-listed step.
+Train state goes to workdir/checkpoints through orbax's CheckpointManager. Saves are
+asynchronous: `save` returns once the arrays are copied off the devices and the files are written
+by a background thread while training goes on; `wait` blocks until the last one is complete.
+Orbax writes each checkpoint to a temporary directory that is renamed when complete, so a kill
+at any moment (during a save too) leaves either the old set or the new one, never a half-listed
+step. A save that fails (disk full) is a CheckpointWriteError naming the step, the path and the
+cause; the checkpoints before it are untouched.
 
 The export (workdir/export) is the encoder alone: `encoder.json` (architecture and input size)
 beside an orbax checkpoint of its variables, loadable with `load_encoder(path)` without the
@@ -15,9 +19,12 @@ training config or any of ssl_jax's training code. Beside it, when the run had t
 Exports made before projector layers were exported have no such entry and load as before.
 """
 
+import errno
 import json
+import logging as std_logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 
@@ -25,6 +32,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from ssl_jax.errors import CheckpointWriteError
 
 ENCODER_SPEC = "encoder.json"
 ENCODER_VARIABLES = "variables"
@@ -55,11 +64,67 @@ def _pytree_handler() -> ocp.PyTreeCheckpointHandler:
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
+class _OrbaxSaveErrors(std_logging.Filter):
+    """Drops orbax's ERROR records: a failed background save is logged with a traceback by each
+    of its threads (four of them for one full disk), and `save`/`wait` report it once, as a
+    CheckpointWriteError with its cause, instead."""
+
+    def filter(self, record) -> bool:
+        return not (record.levelno >= std_logging.ERROR and "/orbax/checkpoint/" in record.pathname)
+
+
+_orbax_filter = _OrbaxSaveErrors()
+
+
+def _is_closed_loop_echo(exc_type, exc, tb) -> bool:
+    """Is this the "Event loop is closed" error of a write that outlived its failed save?
+
+    When one array's write fails (a full disk), orbax closes that save's event loop while
+    tensorstore still finishes the other arrays' writes; each one's completion callback then
+    finds the loop closed, and the error is reported as unraisable, dozens of tracebacks that
+    say nothing the CheckpointWriteError does not.
+    """
+    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+        return False
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+
+
+def _quiet_unraisablehook(previous):
+    def hook(unraisable):
+        echo = (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+        if not _is_closed_loop_echo(*echo):
+            previous(unraisable)
+
+    hook.ssl_jax_quiet = True
+    return hook
+
+
+class _OrbaxTaskErrors(std_logging.Filter):
+    """asyncio's "Task exception was never retrieved" for the other writes of a failed save:
+    the same failure, which CheckpointWriteError reports once."""
+
+    def filter(self, record) -> bool:
+        return not (
+            record.levelno >= std_logging.ERROR and "/orbax/checkpoint/" in record.getMessage()
+        )
+
+
+_orbax_task_filter = _OrbaxTaskErrors()
+
+
 def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
+    logging.get_absl_logger().addFilter(_orbax_filter)  # once: a logger holds a filter once
+    std_logging.getLogger("asyncio").addFilter(_orbax_task_filter)
+    if not getattr(sys.unraisablehook, "ssl_jax_quiet", False):
+        sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         create=True,
-        enable_async_checkpointing=False,
+        # The write overlaps the next steps; at ImageNet scale a synchronous save stalls every
+        # device for the seconds the host needs to write the state.
+        enable_async_checkpointing=True,
         # Orbax ignores its own temporary directories; a killed save leaves one behind. Cleaning
         # them on start keeps the folder tidy without touching a finished checkpoint.
         cleanup_tmp_directories=True,
@@ -69,9 +134,61 @@ def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
     )
 
 
+# checkpoint directory -> the step its manager is writing in the background
+_in_flight: dict[str, int] = {}
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-    mngr.save(step, args=ocp.args.PyTreeSave(state), force=True)
-    mngr.wait_until_finished()
+    """Starts saving `state` as checkpoint `step`; returns once the arrays are on the host.
+
+    The previous save is finished first, so at most one is in flight and its failure is
+    reported before another starts.
+
+    Raises:
+        CheckpointWriteError: this save or the previous one could not be written.
+    """
+    wait(mngr)
+    _in_flight[str(mngr.directory)] = step
+    try:
+        mngr.save(step, args=ocp.args.PyTreeSave(state), force=True)
+    except Exception as e:  # orbax and tensorstore wrap OS errors in many types
+        raise _write_error(e, mngr, step) from None
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+    """Blocks until the save in flight, if any, is complete on disk.
+
+    Raises:
+        CheckpointWriteError: it could not be written.
+    """
+    step = _in_flight.pop(str(mngr.directory), None)
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:
+        raise _write_error(e, mngr, step) from None
+
+
+def _write_error(e: Exception, mngr: ocp.CheckpointManager, step: int | None):
+    """One line for a failed save: which step, where, why, and that the older ones are kept."""
+    causes, seen = [], e
+    while seen is not None and len(causes) < 20:  # the chain: orbax -> tensorstore -> OSError
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(c) for c in causes)
+    codes = {getattr(c, "errno", None) for c in causes}
+    if errno.ENOSPC in codes or "No space left" in text or "ENOSPC" in text:
+        why = "no space left on device"
+    elif errno.EACCES in codes or "Permission denied" in text:
+        why = "permission denied"
+    else:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    mngr.reload()
+    done = [s for s in mngr.all_steps() if step is None or s < step]
+    kept = f"checkpoint {max(done)} is intact" if done else "no earlier checkpoint exists"
+    return CheckpointWriteError(
+        f"cannot save checkpoint {step} in {mngr.directory}: {why}; {kept}. Free space (or fix "
+        "the cause) and rerun the same command to resume"
+    )
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state):

@@ -26,6 +26,12 @@ def shared(method: str) -> ml_collections.ConfigDict:
     config.method = method
     config.dataset = "imagenet2012"  # TFDS name, "imagefolder:PATH" or "demo"
     config.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
+    # Most GB (1e9 bytes) of a TFRecord-prepared TFDS split that every host loads into its RAM
+    # (the encoded images; about twice that while loading). 64: all the usual sets but ImageNet
+    # fit (cifar ~0.15 GB, stl10 ~2 GB, imagenette ~1.5 GB), and twice 64 leaves room for the
+    # input pipeline and JAX on a multi-chip TPU VM host (roughly 200-400 GB of RAM). imagenet2012
+    # train (~150 GB) is over it: prepare it as array_record, read by index from disk instead.
+    config.data_ram_limit_gb = 64.0
     config.image_size = 224
     config.batch_size = 4096  # global, over all devices and hosts
     config.num_epochs = 100
@@ -42,6 +48,13 @@ def shared(method: str) -> ml_collections.ConfigDict:
     config.dtype = "bfloat16"  # compute dtype; parameters stay float32
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
+    # JAX's persistent compilation cache, so a restart (preemption) loads the compiled step instead
+    # of compiling it again: "" = <workdir>/compilation_cache, a path, or "off".
+    config.compilation_cache_dir = ""
+    # One run per workdir (ssl_jax/run_lock.py): a lock left by a run on another host is taken
+    # over after this many seconds without its heartbeat (every 30 s); on this host a dead pid
+    # frees it at once. 0: take over any lock whose holder is not provably alive on this host.
+    config.workdir_lock_stale_after_s = 300.0
     config.log_every_steps = 100
     config.eval_every_steps = 0  # kNN + linear probe on the test split; 0 = only at the end
     config.eval_random_init = False  # also evaluate a randomly initialised encoder at the end
@@ -219,6 +232,7 @@ def evaluation(protocols: tuple[str, ...], preset: str | None) -> ml_collections
     config.random_init = False  # same architecture, freshly initialised: the baseline row
     config.dataset = "imagenet2012"  # may differ from the pretraining data (transfer)
     config.data_dir = ml_collections.FieldReference(None, field_type=str)
+    config.data_ram_limit_gb = 64.0  # as in pretraining configs (shared() above)
     config.image_size = 0  # 0: the resolution the encoder was trained at (export/encoder.json)
     config.eval_batch_size = 1024  # global batch of the feature extraction
     config.seed = 0  # the held-out split and the few-shot draws

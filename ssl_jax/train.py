@@ -8,10 +8,12 @@ It reads top to bottom in three stages, each a function below:
 The method plugs in through ssl_jax.methods (see methods/base.py); nothing here knows its name.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -20,10 +22,20 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssl_jax import checkpoint, data, methods, models, parallel, torch_export
+from ssl_jax import (
+    checkpoint,
+    compilation_cache,
+    data,
+    methods,
+    models,
+    parallel,
+    preemption,
+    run_lock,
+    torch_export,
+)
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import subsets
-from ssl_jax.errors import NonFiniteLossError
+from ssl_jax.errors import CheckpointWriteError, NonFiniteLossError, Preempted
 from ssl_jax.evaluate.classifier import evaluate_classifier
 from ssl_jax.evaluate.features import evaluate_encoder
 from ssl_jax.evaluate.health import CollapseMonitor
@@ -57,6 +69,7 @@ class Run:
     resumed: bool
     mngr: Any
     is_lead: bool
+    lock: run_lock.RunLock
 
     @property
     def encoder(self):
@@ -99,18 +112,36 @@ class Run:
             print(*args, flush=True)
 
 
-def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainState]:
-    """Everything before the first step. User errors surface here, before the workdir changes."""
+def set_up(
+    config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.ExitStack
+) -> tuple[Run, TrainState]:
+    """Everything before the first step. User errors surface here, before the workdir changes.
+
+    `cleanup` releases the workdir's lock however the run ends (finished, failed, preempted).
+    """
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     check_recipes(methods.get_method(config), config)  # bad method settings fail before any work
     subset_file = config.get("label_subset_file", "")  # a list of the labelled images' names
     if subset_file:  # a bad list fails now, not after the whole train split has been loaded
         subsets.read_name_list(subset_file)
-    train_source = data.get_source(
-        config.dataset, "train", config.data_dir, file_names=bool(subset_file)
+    workdir_lib.prepare(workdir)
+    # One run per workdir, checked before the data is loaded: process 0 holds the lock for every
+    # host of the run, and every host stops if it cannot.
+    lock = cleanup.enter_context(
+        run_lock.acquire_on_all_hosts(
+            workdir,
+            stale_after_s=config.get(run_lock.CONFIG_KEY, run_lock.DEFAULT_STALE_AFTER_S),
+        )
     )
-    test_source = data.get_source(config.dataset, "test", config.data_dir)
+    get_source = functools.partial(
+        data.get_source,
+        data_dir=config.data_dir,
+        ram_limit_gb=config.get("data_ram_limit_gb"),
+        cache_dir=os.path.join(workdir, "cache"),  # an image folder's scan, reused on restart
+    )
+    train_source = get_source(config.dataset, "train", file_names=bool(subset_file))
+    test_source = get_source(config.dataset, "test")
     subset_ids = subset_facts = None
     # Train on a labelled subset (fine-tuning: 1%, 10%), drawn or listed in subset_file.
     if config.get("label_fraction", 1.0) < 1 or subset_file:
@@ -123,7 +154,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
         )
     steps_per_epoch = data.steps_per_epoch(train_source.num_examples, config.batch_size)
     num_steps = total_steps(config, steps_per_epoch)
-    workdir_lib.prepare(workdir)
+    compilation_cache.use(config.get("compilation_cache_dir", ""), workdir)  # before any compile
     training = build_training(
         config,
         mesh,
@@ -151,7 +182,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, TrainS
         state = training.initial_state(rng)
         state = jax.device_put(training.method.load_pretrained(state), training.state_sharding)
     run = Run(config, workdir, mesh, training, train_source, test_source, steps_per_epoch,
-              num_steps, rng, resumed, mngr, is_lead)  # fmt: skip
+              num_steps, rng, resumed, mngr, is_lead, lock)  # fmt: skip
 
     devices, per_device = mesh.devices.size, config.batch_size // mesh.devices.size
     backbone = models.describe(models.architecture_spec(run.encoder))
@@ -205,6 +236,7 @@ def run_loop(run: Run, state: TrainState, writer: MetricsWriter) -> tuple[TrainS
                 "raise warmup_epochs or use dtype=float32."
             )
 
+    watch = preemption.Watch()  # from now on SIGTERM means: save at the next step, stop
     try:
         for step in range(start_step, run.num_steps):
             batch = _global_batch(next(batches), run.mesh, num_classes)
@@ -237,14 +269,25 @@ def run_loop(run: Run, state: TrainState, writer: MetricsWriter) -> tuple[TrainS
                 eta = (run.num_steps - done) / rate if rate else None
                 run.print(progress_line(record, run.num_steps, run.steps_per_epoch, eta))
                 window_start, window_steps = time.time(), 0
-            if done % config.checkpoint_every_steps == 0 or done == run.num_steps:
+            save_due = done % config.checkpoint_every_steps == 0 or done == run.num_steps
+            preempted = watch.reached(done)  # every host asks at every step, SIGTERM or not
+            if save_due or preempted:
                 check_finite(*pending)
+                run.lock.check()  # another run took the workdir over: write nothing more
                 checkpoint.save(run.mngr, done, state)
                 last_saved = done
+            if preempted:
+                checkpoint.wait(run.mngr)
+                raise Preempted(
+                    f"SIGTERM received; saved checkpoint {done} in {run.mngr.directory}. Rerun "
+                    "the same command to resume from it"
+                )
     finally:
         # Close the input pipeline now: left to the garbage collector, tearing down the tf.data
         # iterator stalled the end of a run by 10-18 s on 2 cores (measured: 0.01 s when closed).
         batches.close()
+        watch.close()
+        _finish_saving(run.mngr)
     if pending is not None:
         check_finite(*pending)
     return state, time.time() - loop_start
@@ -328,14 +371,14 @@ def save_pictures(run: Run) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Pretrain `config.method` on `config.dataset`; resume from workdir when it has checkpoints."""
-    run, state = set_up(config, workdir)
-    writer = MetricsWriter(workdir, enabled=run.is_lead)
-    if run.resumed:
-        writer.write_event({"event": "resume", "step": int(state.step)})
-    state, train_seconds = run_loop(run, state, writer)
-    results = finish(run, state, writer, train_seconds)
-    writer.close()
-    return results
+    with contextlib.ExitStack() as cleanup:
+        run, state = set_up(config, workdir, cleanup)
+        writer = MetricsWriter(workdir, enabled=run.is_lead)
+        cleanup.callback(writer.close)
+        if run.resumed:
+            writer.write_event({"event": "resume", "step": int(state.step)})
+        state, train_seconds = run_loop(run, state, writer)
+        return finish(run, state, writer, train_seconds)
 
 
 # ==================================================================== helpers
@@ -367,6 +410,18 @@ def results_summary(results: dict, workdir: str) -> str:
         )
     lines.append(f"Saved {workdir}/results.json; encoder exported to {workdir}/export")
     return "\n".join(lines)
+
+
+def _finish_saving(mngr) -> None:
+    """Waits for the checkpoint in flight; when the loop is already failing (a NaN loss), a
+    failed write is logged rather than raised, so the first error is the one reported."""
+    failing = sys.exc_info()[0] is not None
+    try:
+        checkpoint.wait(mngr)
+    except CheckpointWriteError as e:
+        if not failing:
+            raise
+        logging.error("%s", e)
 
 
 def _global_batch(host_batch, mesh, num_classes):

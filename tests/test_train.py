@@ -1,6 +1,7 @@
-"""End to end: the command line on 1 and 8 devices and on 2 processes, kill -9 and resume,
-damaged checkpoints, export, and the workdir files. Runs the tiny `runlocal` preset; every test
-compares against one uninterrupted 8-device run (the `reference_run` fixture)."""
+"""End to end: the command line on 1 and 8 devices and on 2 processes; faults (SIGTERM, kill -9
+during a checkpoint save, a full disk, a damaged checkpoint, a killed process of two) and
+resume; export and the workdir files. Runs the tiny `runlocal` preset; every test compares
+against one uninterrupted 8-device run (the `reference_run` fixture)."""
 
 import json
 import os
@@ -91,32 +92,6 @@ def test_one_device_logs_the_same_losses_as_eight(reference_run, tmp_path):
     np.testing.assert_allclose([one[s] for s in one], [eight[s] for s in one], rtol=2e-4)
 
 
-def test_kill_9_then_rerun_reproduces_every_later_loss(reference_run, tmp_path):
-    reference, _ = reference_run
-    workdir = str(tmp_path)
-    proc = run_cli(workdir, "--config.total_steps=6", wait=False)
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + 300
-    # Kill mid-run: after step 3 is logged (step 2 checkpointed), before the run ends.
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not os.path.exists(os.path.join(workdir, "results.json"))
-
-    result = run_cli(workdir, "--config.total_steps=6")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "resuming at step" in result.stdout
-    resumed, uninterrupted = losses_by_step(workdir), losses_by_step(reference)
-    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
-    np.testing.assert_allclose(
-        [resumed[s] for s in range(1, 7)], [uninterrupted[s] for s in range(1, 7)], rtol=1e-5
-    )
-
-
 def test_damaged_newest_checkpoint_is_skipped_with_a_warning(reference_run, tmp_path):
     reference, _ = reference_run
     workdir = str(tmp_path / "run")
@@ -142,9 +117,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_of_four_devices_match_one_of_eight(reference_run, tmp_path):
-    """jax.distributed with 2 local processes (the multi-host path): same losses, same kNN."""
-    reference, _ = reference_run
+def _launch_two_processes(workdir, logs_dir, name):
+    """The run as 2 processes of 4 CPU devices (jax.distributed, the multi-host path)."""
     port = _free_port()
     procs = []
     for rank in range(2):
@@ -157,22 +131,183 @@ def test_two_processes_of_four_devices_match_one_of_eight(reference_run, tmp_pat
             JAX_PROCESS_ID=str(rank),
         )
         cmd = [sys.executable, "-m", "ssl_jax.main", f"--config={CONFIG}:runlocal",
-               f"--workdir={tmp_path / 'run'}", "--config.total_steps=6"]  # fmt: skip
-        log = open(tmp_path / f"rank{rank}.log", "w")
+               f"--workdir={workdir}", "--config.total_steps=6"]  # fmt: skip
+        log = open(logs_dir / f"{name}_rank{rank}.log", "w")
         procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=log))
+    return procs
+
+
+def _wait_all(procs, timeout=600):
     try:
-        codes = [p.wait(timeout=600) for p in procs]
+        return [p.wait(timeout=timeout) for p in procs]
     finally:
         # One rank dying leaves the other waiting on the coordinator: never leave it behind.
         for p in procs:
             p.kill()
-    assert codes == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
 
-    out = (tmp_path / "rank0.log").read_text()
+
+def test_two_processes_survive_sigterm_and_a_killed_process_and_match_one(reference_run, tmp_path):
+    """jax.distributed with 2 local processes: SIGTERM to both (a preempted slice) saves one
+    checkpoint at a step both agree on; kill -9 of one process loses only unsaved steps; the
+    finished run logs the same losses and kNN as one process with 8 devices."""
+    reference, _ = reference_run
+    workdir, metrics = tmp_path / "run", tmp_path / "run" / "metrics.jsonl"
+
+    procs = _launch_two_processes(workdir, tmp_path, "first")
+    _wait_for_lines(metrics, 1, procs[0])
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    codes = _wait_all(procs)
+    logs = [(tmp_path / f"first_rank{r}.log").read_text() for r in range(2)]
+    assert codes == [75, 75], logs[0][-3000:]
+    saved = {int(x.split("saved checkpoint ")[1].split()[0])
+             for log in logs for x in log.splitlines() if x.startswith("preempted:")}  # fmt: skip
+    assert len(saved) == 1 and min(saved) < 6  # one step, the same on both hosts
+    saved = saved.pop()
+
+    procs = _launch_two_processes(workdir, tmp_path, "second")
+    # The log holds steps 1..saved and the resume event; then one new step, and a crash.
+    _wait_for_lines(metrics, saved + 2, procs[0])
+    procs[1].kill()
+    # The survivor waits for its peer in the next collective, until JAX's heartbeat timeout;
+    # a scheduler (SLURM, the TPU launch script) tears the whole job down instead, as here.
+    time.sleep(2)
+    for p in procs:
+        p.kill()
+        p.wait()
+    assert f"resuming at step {saved}" in (tmp_path / "second_rank0.log").read_text()
+
+    procs = _launch_two_processes(workdir, tmp_path, "third")
+    codes = _wait_all(procs)
+    out = (tmp_path / "third_rank0.log").read_text()
+    assert codes == [0, 0], out[-3000:]
     assert "8 cpu device(s), 2 host(s)" in out and "global batch 32 = 8 x 4 per device" in out
-    two, one = losses_by_step(str(tmp_path / "run")), losses_by_step(reference)
+    assert "resuming at step" in out
+    two, one = losses_by_step(str(workdir)), losses_by_step(reference)
     assert sorted(two) == sorted(one) == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([two[s] for s in one], [one[s] for s in one], rtol=1e-5)
     knn = [json.load(open(os.path.join(d, "results.json")))["knn_top1"]
-           for d in (reference, tmp_path / "run")]  # fmt: skip
+           for d in (reference, workdir)]  # fmt: skip
     np.testing.assert_allclose(knn[1], knn[0], atol=1e-6)
+
+
+def _wait_for_lines(path, count, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(path) and len(open(path).read().splitlines()) >= count:
+            return
+        time.sleep(0.02)
+
+
+def test_sigterm_saves_at_the_next_step_and_the_rerun_recomputes_nothing(reference_run, tmp_path):
+    """What a preempted TPU VM or SLURM job gets: SIGTERM, then a checkpoint at the next step
+    boundary, exit status 75, and a rerun that goes on from there and logs every step once."""
+    reference, _ = reference_run
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    proc = run_cli(workdir, "--config.total_steps=6", wait=False)
+    _wait_for_lines(os.path.join(workdir, "metrics.jsonl"), 1, proc)  # step 1 (compiled) done
+    assert proc.poll() is None, "the run ended before SIGTERM could be sent"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 75
+    log = open(os.path.join(tmp_path, "killed_run.log")).read()
+    line = [x for x in log.splitlines() if x.startswith("preempted:")]
+    assert len(line) == 1, log[-3000:]
+    saved = int(line[0].split("saved checkpoint ")[1].split()[0])
+    assert 1 <= saved < 6 and "Traceback" not in log
+    assert saved in [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+    result = run_cli(workdir, "--config.total_steps=6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming at step {saved}" in result.stdout
+    steps = [json.loads(x)["step"] for x in open(os.path.join(workdir, "metrics.jsonl"))
+             if '"loss"' in x]  # fmt: skip
+    assert steps == [1, 2, 3, 4, 5, 6]  # each step once: none was recomputed
+    resumed, uninterrupted = losses_by_step(workdir), losses_by_step(reference)
+    np.testing.assert_allclose(
+        [resumed[s] for s in steps], [uninterrupted[s] for s in steps], rtol=1e-5
+    )
+
+
+# Run as `python -c` instead of `-m ssl_jax.main`: orbax's last step of a save (renaming the
+# finished temporary folder) waits 60 s for checkpoint 4, and first writes `saving_4`, so the
+# test can kill the run while that checkpoint is written but not yet committed.
+_SLOW_COMMIT = """
+import asyncio, os, runpy, sys
+from orbax.checkpoint._src.path import atomicity
+original = atomicity.AtomicRenameTemporaryPath.finalize
+async def slow_finalize(self, *args, **kwargs):
+    if str(self.get_final()).rstrip("/").endswith("/4"):
+        open(os.path.join(os.environ["MARKER_DIR"], "saving_4"), "w").close()
+        await asyncio.sleep(60)
+    return await original(self, *args, **kwargs)
+atomicity.AtomicRenameTemporaryPath.finalize = slow_finalize
+sys.argv = ["ssl_jax.main", *sys.argv[1:]]
+runpy.run_module("ssl_jax.main", run_name="__main__")
+"""
+
+
+def test_kill_9_during_a_checkpoint_save_keeps_the_previous_one(reference_run, tmp_path):
+    """Saves run in the background; a kill -9 while one is written loses only that one."""
+    reference, _ = reference_run
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu", MARKER_DIR=str(tmp_path))  # fmt: skip
+    cmd = [sys.executable, "-c", _SLOW_COMMIT, f"--config={CONFIG}:runlocal",
+           f"--workdir={workdir}", "--config.total_steps=6"]  # fmt: skip
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    marker = tmp_path / "saving_4"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not marker.exists():
+        time.sleep(0.02)
+    assert marker.exists(), (tmp_path / "run.log").read_text()[-3000:]
+    # Training went on while checkpoint 4 was written: the save does not stall the steps.
+    _wait_for_lines(os.path.join(workdir, "metrics.jsonl"), 6, proc, timeout=120)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    logged = losses_by_step(workdir)
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6]
+    assert "4" not in os.listdir(os.path.join(workdir, "checkpoints"))
+
+    result = run_cli(workdir, "--config.total_steps=6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming at step 2" in result.stdout
+    resumed, uninterrupted = losses_by_step(workdir), losses_by_step(reference)
+    np.testing.assert_allclose(
+        [resumed[s] for s in range(1, 7)], [uninterrupted[s] for s in range(1, 7)], rtol=1e-5
+    )
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB filesystem (tmpfs): room for the config, the logs and one checkpoint of the
+    runlocal model (1.1 MB), not for two. Needs the right to mount, as root has."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if made.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_is_one_line_and_the_rerun_resumes_once_there_is_space(reference_run, small_disk):
+    reference, _ = reference_run
+    workdir = str(small_disk / "run")
+    cache = f"--config.compilation_cache_dir={small_disk.parent / 'cache'}"
+    result = run_cli(workdir, "--config.total_steps=6", cache)
+    assert result.returncode == 4, result.stdout + result.stderr
+    errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "no space left on device" in errors[0] and "checkpoint 2 is intact" in errors[0]
+    assert os.path.join(workdir, "checkpoints") in errors[0]
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    result = run_cli(workdir, "--config.total_steps=6", cache)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming at step 2" in result.stdout
+    resumed, uninterrupted = losses_by_step(workdir), losses_by_step(reference)
+    np.testing.assert_allclose(resumed[6], uninterrupted[6], rtol=1e-5)

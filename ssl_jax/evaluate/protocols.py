@@ -21,6 +21,7 @@ so it ends with the same numbers.
 """
 
 import copy
+import functools
 import json
 import os
 import time
@@ -31,7 +32,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssl_jax import checkpoint, data, models, parallel
+from ssl_jax import checkpoint, data, models, parallel, run_lock
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.config_check import PROTOCOLS
 from ssl_jax.errors import UserError
@@ -44,15 +45,27 @@ from ssl_jax.metrics_writer import MetricsWriter
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs config.protocols on the frozen encoder at config.pretrained; returns results.json."""
+    workdir_lib.prepare(workdir)
+    stale_after_s = config.get(run_lock.CONFIG_KEY, run_lock.DEFAULT_STALE_AFTER_S)
+    with run_lock.acquire_on_all_hosts(workdir, stale_after_s=stale_after_s):  # one run per workdir
+        return _run(config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     protocols = tuple(config.protocols)  # checked by config_check.validate_evaluation
     spec, apply_fn, variables = _encoder(config)
-    train_source = data.get_source(config.dataset, "train", config.data_dir)
-    test_source = data.get_source(config.dataset, "test", config.data_dir)
+    get_source = functools.partial(
+        data.get_source,
+        data_dir=config.data_dir,
+        ram_limit_gb=config.get("data_ram_limit_gb"),  # None (no limit) in hand-built configs
+        cache_dir=os.path.join(workdir, "cache"),  # an image folder's scan, reused on restart
+    )
+    train_source = get_source(config.dataset, "train")
+    test_source = get_source(config.dataset, "test")
     if train_source.num_classes == 0:
         raise UserError(f"{train_source.name} has no labels; evaluation needs a labelled dataset")
     if test_source is None:
         raise UserError(f"{config.dataset} has no test split (add PATH/test/<class>/ folders)")
-    workdir_lib.prepare(workdir)
     is_lead = jax.process_index() == 0
     if is_lead:
         workdir_lib.write_config(config, workdir)
@@ -174,6 +187,8 @@ def augmented_config(config, spec: dict, image_size: int) -> ml_collections.Conf
     sub.from_scratch = bool(config.random_init)  # the random-init baseline: a frozen random net
     sub.frozen_encoder = True
     sub.dataset, sub.data_dir, sub.seed = config.dataset, config.data_dir, config.seed
+    if "data_ram_limit_gb" in config:
+        sub.data_ram_limit_gb = config.data_ram_limit_gb
     sub.image_size = image_size
     for key, value in models.model_config(spec["architecture"]).items():
         sub.model[key] = value
