@@ -138,9 +138,15 @@ train+=(${overrides[@]+"${overrides[@]}"})
 # A trainer left over from a lost ssh connection holds the TPU: SIGTERM makes it save and exit.
 # (The pattern cannot match this command's own shell, whose command line starts with "bash".)
 leftover="'^[^ ]*python[^ ]* -m ssl_jax[.]main'"
-train_on_worker="cd ~/ssl_jax && . ~/ssl_jax_venv/bin/activate || exit 1; \
+train_on_worker() { # the worker's shell command; $@: overrides added to this run only
+  echo "cd ~/ssl_jax && . ~/ssl_jax_venv/bin/activate || exit 1; \
 if pkill -TERM -f $leftover; then while pgrep -f $leftover >/dev/null; do sleep 5; done; fi; \
-SSL_JAX_DISTRIBUTED=1 exec $(quote "${train[@]}")"
+SSL_JAX_DISTRIBUTED=1 exec $(quote "${train[@]}" "$@")"
+}
+# A TPU recreated after a preemption has new hosts: the workdir's lock (run.lock) of the run this
+# script started on the deleted ones may not have been released, and would only count as stale
+# after workdir_lock_stale_after_s. This script deleted those hosts, so the re-run takes it over.
+takeover=(--config.workdir_lock_stale_after_s=0)
 
 # ------------------------------------------------------------------ steps
 create_tpu() {
@@ -162,11 +168,15 @@ ensure_tpu() { # a READY TPU with every worker set up
   read_state
   case $state in
     READY) ((workers_ready)) && return ;;
-    "") create_tpu ;;
+    "")
+      create_tpu
+      ((restarts)) && recreated=1 # gone during the run: a re-run on new hosts
+      ;;
     *)
       say "TPU $TPU is $state: deleting and recreating it"
       run "${tpu[@]}" delete "$TPU" "${where[@]}" --quiet
       create_tpu
+      recreated=1
       ;;
   esac
   set_up_workers
@@ -191,11 +201,15 @@ fi
 trap delete_tpu EXIT
 workers_ready=0
 restarts=0
+recreated=0
 while true; do
   ensure_tpu
-  say "running on every worker: $(quote "${train[@]}")"
+  extra=()
+  ((recreated)) && extra=("${takeover[@]}")
+  recreated=0
+  say "running on every worker: $(quote "${train[@]}" ${extra[@]+"${extra[@]}"})"
   status=0
-  on_all_workers "$train_on_worker" || status=$?
+  on_all_workers "$(train_on_worker ${extra[@]+"${extra[@]}"})" || status=$?
   case $status in
     0) break ;;
     "$PREEMPTED") why="preempted: the checkpoint is saved (exit $PREEMPTED)" ;;

@@ -115,7 +115,8 @@ class Run:
 def set_up(
     config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.ExitStack
 ) -> tuple[Run, TrainState]:
-    """Everything before the first step. User errors surface here, before the workdir changes.
+    """Everything before the first step. User errors surface here, before any config.json or
+    checkpoint is written (the workdir and its lock come first, before the data is loaded).
 
     `cleanup` releases the workdir's lock however the run ends (finished, failed, preempted).
     """

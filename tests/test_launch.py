@@ -291,7 +291,10 @@ def tpu_loop(fake, codes, state=None, **settings):
     settings = {"WORKDIR": "/w", "REPO_URL": "https://example.com/ssl_jax.git", **settings}
     status, _, err = run_script(TPU_VM, ["configs/simclr.py", NOTES], fake, **settings)
     verbs = [gcloud_verb(c["argv"]) for c in calls(fake, "gcloud")]
-    trains = {a for c in calls(fake, "gcloud") for a in c["argv"] if "ssl_jax.main" in a}
+    # Every re-run is the same command; on a recreated TPU it also takes over the lock that the
+    # deleted hosts' run may have left in the workdir.
+    trains = {a.replace(" --config.workdir_lock_stale_after_s=0", "")
+              for c in calls(fake, "gcloud") for a in c["argv"] if "ssl_jax.main" in a}  # fmt: skip
     assert len(trains) <= 1, "every re-run is the same command"
     assert json.loads(Path(fake["FAKE_CODES"]).read_text()) == [], err  # every run happened
     return status, verbs, err
@@ -302,6 +305,8 @@ def test_tpu_reruns_after_exit_75(fake):
     assert status == 0
     assert verbs == ["describe", "create", "set_up", "train", "describe", "train", "delete"]
     assert "preempted" in err and "re-run 1 of at most 20" in err
+    runs = [a for c in calls(fake, "gcloud") for a in c["argv"] if "ssl_jax.main" in a]
+    assert not any("workdir_lock_stale_after_s" in r for r in runs)  # same hosts: same lock rules
 
 
 @pytest.mark.parametrize("code", [0, 1])
@@ -319,6 +324,9 @@ def test_tpu_recreated_after_it_is_preempted(fake):
     assert verbs == ["describe", "create", "set_up", "train", "describe",
                      "describe", "delete", "create", "set_up", "train", "delete"]  # fmt: skip
     assert sum("--spot" in c["argv"] for c in calls(fake, "gcloud")) == 2  # spot both times
+    runs = [a for c in calls(fake, "gcloud") for a in c["argv"] if "ssl_jax.main" in a]
+    # Only the run on the recreated hosts takes over the workdir's lock at once.
+    assert ["workdir_lock_stale_after_s=0" in r for r in runs] == [False, True]
 
 
 def test_tpu_reruns_after_a_lost_connection_on_a_ready_tpu(fake):
