@@ -64,16 +64,18 @@ def _pytree_handler() -> ocp.PyTreeCheckpointHandler:
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
-class _OrbaxSaveErrors(std_logging.Filter):
-    """Drops orbax's ERROR records: a failed background save is logged with a traceback by each
-    of its threads (four of them for one full disk), and `save`/`wait` report it once, as a
-    CheckpointWriteError with its cause, instead."""
+class _OrbaxErrors(std_logging.Filter):
+    """Drops ERROR records about orbax's checkpoint writes, which `save`/`wait` report once, as a
+    CheckpointWriteError with its cause: a failed background save is logged with a traceback by
+    each of orbax's threads (four for one full disk), and asyncio logs "Task exception was never
+    retrieved" for each of the save's other writes (their message names orbax's code)."""
 
     def filter(self, record) -> bool:
-        return not (record.levelno >= std_logging.ERROR and "/orbax/checkpoint/" in record.pathname)
+        about_orbax = "/orbax/checkpoint/" in record.pathname + record.getMessage()
+        return not (record.levelno >= std_logging.ERROR and about_orbax)
 
 
-_orbax_filter = _OrbaxSaveErrors()
+_orbax_filter = _OrbaxErrors()
 
 
 def _is_closed_loop_echo(exc_type, exc, tb) -> bool:
@@ -101,22 +103,9 @@ def _quiet_unraisablehook(previous):
     return hook
 
 
-class _OrbaxTaskErrors(std_logging.Filter):
-    """asyncio's "Task exception was never retrieved" for the other writes of a failed save:
-    the same failure, which CheckpointWriteError reports once."""
-
-    def filter(self, record) -> bool:
-        return not (
-            record.levelno >= std_logging.ERROR and "/orbax/checkpoint/" in record.getMessage()
-        )
-
-
-_orbax_task_filter = _OrbaxTaskErrors()
-
-
 def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
     logging.get_absl_logger().addFilter(_orbax_filter)  # once: a logger holds a filter once
-    std_logging.getLogger("asyncio").addFilter(_orbax_task_filter)
+    std_logging.getLogger("asyncio").addFilter(_orbax_filter)
     if not getattr(sys.unraisablehook, "ssl_jax_quiet", False):
         sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
     options = ocp.CheckpointManagerOptions(

@@ -135,14 +135,8 @@ def set_up(
             stale_after_s=config.get(run_lock.CONFIG_KEY, run_lock.DEFAULT_STALE_AFTER_S),
         )
     )
-    get_source = functools.partial(
-        data.get_source,
-        data_dir=config.data_dir,
-        ram_limit_gb=config.get("data_ram_limit_gb"),
-        cache_dir=os.path.join(workdir, "cache"),  # an image folder's scan, reused on restart
-    )
-    train_source = get_source(config.dataset, "train", file_names=bool(subset_file))
-    test_source = get_source(config.dataset, "test")
+    train_source = data.get_run_source(config, "train", workdir, file_names=bool(subset_file))
+    test_source = data.get_run_source(config, "test", workdir)
     subset_ids = subset_facts = None
     # Train on a labelled subset (fine-tuning: 1%, 10%), drawn or listed in subset_file.
     if config.get("label_fraction", 1.0) < 1 or subset_file:

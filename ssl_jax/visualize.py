@@ -53,7 +53,7 @@ def save_augmentations(config, source, path: str, *, num_images: int = 8, seed=N
 
     Args:
         config: a pretraining config (views, augment, image_size, seed).
-        source: its train split, _get_source(config, "train", workdir).
+        source: its train split, data.get_run_source(config, "train", workdir).
         path: the PNG to write.
         num_images: rows (fewer when the split is smaller).
         seed: the run's seed; None: config.seed.
@@ -166,21 +166,10 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width: int)
     draw.text(xy, text, fill="black", font=font)
 
 
-def _get_source(config, split: str, workdir: str):
-    """The run's dataset as the trainer opened it (an older config.json may lack newer keys)."""
-    return data.get_source(
-        config.dataset,
-        split,
-        config.data_dir,
-        ram_limit_gb=config.get("data_ram_limit_gb"),
-        cache_dir=os.path.join(workdir, "cache"),
-    )
-
-
 def visualize_workdir(workdir: str, *, max_points: int = 2000) -> None:
     """Both pictures of a pretraining workdir, written into it (the command line's work)."""
     config = _load_config(workdir)
-    train_source = _get_source(config, "train", workdir)
+    train_source = data.get_run_source(config, "train", workdir)
     path = os.path.join(workdir, AUGMENTATIONS_FILE)
     save_augmentations(config, train_source, path)
     print(f"Wrote {path}", flush=True)
@@ -191,7 +180,7 @@ def visualize_workdir(workdir: str, *, max_points: int = 2000) -> None:
             f"{workdir} holds no exported encoder yet, so {EMBEDDING_FILE} cannot be "
             "drawn: finish the run first (rerun its command to resume it)"
         ) from None
-    test_source = _get_source(config, "test", workdir)
+    test_source = data.get_run_source(config, "test", workdir)
     if test_source is None:
         raise UserError(f"{config.dataset} has no test split to embed (add PATH/test/<class>/)")
     apply_fn, variables = checkpoint.load_encoder(export)

@@ -11,13 +11,14 @@ except (RuntimeError, ValueError):
 
 from ssl_jax.data.augment import augment_view, eval_view  # noqa: E402
 from ssl_jax.data.pipeline import eval_batches, steps_per_epoch, train_batches  # noqa: E402
-from ssl_jax.data.sources import Source, get_source  # noqa: E402
+from ssl_jax.data.sources import Source, get_run_source, get_source  # noqa: E402
 
 __all__ = [
     "Source",
     "augment_view",
     "eval_batches",
     "eval_view",
+    "get_run_source",
     "get_source",
     "steps_per_epoch",
     "train_batches",

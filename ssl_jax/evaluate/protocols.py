@@ -21,7 +21,6 @@ so it ends with the same numbers.
 """
 
 import copy
-import functools
 import json
 import os
 import time
@@ -54,14 +53,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     protocols = tuple(config.protocols)  # checked by config_check.validate_evaluation
     spec, apply_fn, variables = _encoder(config)
-    get_source = functools.partial(
-        data.get_source,
-        data_dir=config.data_dir,
-        ram_limit_gb=config.get("data_ram_limit_gb"),  # None (no limit) in hand-built configs
-        cache_dir=os.path.join(workdir, "cache"),  # an image folder's scan, reused on restart
-    )
-    train_source = get_source(config.dataset, "train")
-    test_source = get_source(config.dataset, "test")
+    train_source = data.get_run_source(config, "train", workdir)
+    test_source = data.get_run_source(config, "test", workdir)
     if train_source.num_classes == 0:
         raise UserError(f"{train_source.name} has no labels; evaluation needs a labelled dataset")
     if test_source is None:

@@ -19,6 +19,8 @@ network: TFDS data must already be prepared in `data_dir`.
 
 from __future__ import annotations
 
+import os
+
 from ssl_jax.data.sources import tfds_common
 from ssl_jax.data.sources.base import SPLITS, Reader, Source, decode_rgb, from_arrays
 from ssl_jax.data.sources.demo import DEMO_ARCHIVE, demo_source
@@ -36,6 +38,7 @@ __all__ = [
     "Source",
     "decode_rgb",
     "from_arrays",
+    "get_run_source",
     "get_source",
 ]
 
@@ -90,3 +93,17 @@ def get_source(
         return random_access_source(opened, file_names)
     tfds_common.check_ram_limit(opened, ram_limit_gb)
     return tfds_source(opened, file_names)
+
+
+def get_run_source(config, split: str, workdir: str, *, file_names: bool = False) -> Source | None:
+    """`split` of `config.dataset` as a run in `workdir` opens it: TFDS's `config.data_dir`, the
+    RAM limit `config.data_ram_limit_gb` (absent in older configs: no limit), and an image
+    folder's scan cached in <workdir>/cache, so a restart decodes nothing."""
+    return get_source(
+        config.dataset,
+        split,
+        config.data_dir,
+        file_names=file_names,
+        ram_limit_gb=config.get("data_ram_limit_gb"),
+        cache_dir=os.path.join(workdir, "cache"),
+    )
