@@ -23,6 +23,7 @@ import errno
 import json
 import logging as std_logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -33,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from ssl_jax import fileio
 from ssl_jax.errors import CheckpointWriteError
 
 ENCODER_SPEC = "encoder.json"
@@ -119,7 +121,7 @@ def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
         cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"), options=options, item_handlers=_pytree_handler()
+        fileio.join(workdir, "checkpoints"), options=options, item_handlers=_pytree_handler()
     )
 
 
@@ -170,7 +172,10 @@ def _write_error(e: Exception, mngr: ocp.CheckpointManager, step: int | None):
     elif errno.EACCES in codes or "Permission denied" in text:
         why = "permission denied"
     else:
-        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        # TensorStore puts the storage's answer at the end of a long first line, before the
+        # spec it was opening (hundreds of characters that say nothing to a user).
+        first = re.sub(r"\s*\[tensorstore_spec=.*", "", str(e).splitlines()[0] if str(e) else "")
+        why = f"{type(e).__name__}: {first[:400]}"
     mngr.reload()
     done = [s for s in mngr.all_steps() if step is None or s < step]
     kept = f"checkpoint {max(done)} is intact" if done else "no earlier checkpoint exists"
@@ -189,15 +194,15 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
     of the same step does not collide with it.
     """
     for step in sorted(mngr.all_steps(), reverse=True):
-        path = os.path.join(str(mngr.directory), str(step))
+        path = fileio.join(mngr.directory, str(step))
         try:
             restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
             return mngr.restore(
                 step, args=ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args)
             )
         except Exception as e:  # orbax raises many types for damaged files; all mean "unusable"
-            aside = os.path.join(
-                os.path.dirname(str(mngr.directory)),
+            aside = fileio.join(
+                mngr.directory.parent,
                 "checkpoints_unreadable",
                 f"{step}-{time.strftime('%Y%m%d-%H%M%S')}",
             )
@@ -210,8 +215,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
                 aside,
             )
             print(f"WARNING: checkpoint {path} cannot be restored; moved to {aside}", flush=True)
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            shutil.move(path, aside)
+            fileio.move_tree(path, aside)
             mngr.reload()
     return None
 
@@ -228,27 +232,31 @@ def export_encoder(
     {"params"} of a classifier's linear layer on it (fine-tuning), and `projector`, the
     {"params", "batch_stats"} of the projector's first layer (`projector_layer_1`), beside them
     when given (the spec then gets the layer's `projector_layer_1` entry)."""
-    tmp = directory + ".tmp"
+    # Locally the new export is written beside the old one and renamed over it once complete.
+    # An object store cannot rename a folder (it copies every object), so there the old export
+    # is removed first and encoder.json, which `find_export` looks for, is written last: a kill
+    # in between leaves no export, which the rerun writes again from the final checkpoint.
+    local = fileio.is_local(directory)
+    target = directory + ".tmp" if local else directory
     if projector is not None:
         spec = {**spec, PROJECTOR_LAYER: projector_layer_spec(projector)}
     if jax.process_index() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        with open(os.path.join(tmp, ENCODER_SPEC), "w") as f:
-            json.dump(spec, f, indent=2)
+        fileio.remove_tree(target)
+        fileio.makedirs(target)
     variables = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), variables)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp, ENCODER_VARIABLES), variables)
+        ckptr.save(fileio.join(target, ENCODER_VARIABLES), variables)
         if head is not None:
             head = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), head)
-            ckptr.save(os.path.join(tmp, HEAD_VARIABLES), head)
+            ckptr.save(fileio.join(target, HEAD_VARIABLES), head)
         if projector is not None:
             projector = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), projector)
-            ckptr.save(os.path.join(tmp, PROJECTOR_LAYER), projector)
+            ckptr.save(fileio.join(target, PROJECTOR_LAYER), projector)
     if jax.process_index() == 0:
-        # Replace the previous export only once the new one is complete.
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
+        fileio.write_text(fileio.join(target, ENCODER_SPEC), json.dumps(spec, indent=2))
+        if local:
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(target, directory)
 
 
 def projector_layer_1(net, variables: dict) -> dict | None:
@@ -296,11 +304,11 @@ def load_projector_layer(path: str) -> tuple[dict, dict]:
         or an export made before projector layers were exported).
     """
     path, spec = find_export(path)
-    if PROJECTOR_LAYER not in spec or not os.path.isdir(os.path.join(path, PROJECTOR_LAYER)):
+    if PROJECTOR_LAYER not in spec or not fileio.is_dir(fileio.join(path, PROJECTOR_LAYER)):
         raise FileNotFoundError(f"{path} holds no {PROJECTOR_LAYER} (the projector's first "
                                 "layer)")  # fmt: skip
     with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(os.path.abspath(os.path.join(path, PROJECTOR_LAYER)))
+        variables = ckptr.restore(fileio.join(path, PROJECTOR_LAYER))
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     return spec[PROJECTOR_LAYER], variables
 
@@ -311,13 +319,13 @@ def find_export(path: str) -> tuple[str, dict]:
     Raises:
       FileNotFoundError: neither `path` nor `path`/export holds an encoder.json.
     """
-    for folder in (path, os.path.join(path, "export")):
-        spec_file = os.path.join(folder, ENCODER_SPEC)
-        if os.path.exists(spec_file):
-            with open(spec_file) as f:
-                return folder, json.load(f)
+    path = fileio.absolute(path)  # orbax restores from absolute paths only
+    for folder in (path, fileio.join(path, "export")):
+        spec_file = fileio.join(folder, ENCODER_SPEC)
+        if fileio.exists(spec_file):
+            return folder, json.loads(fileio.read_text(spec_file))
     raise FileNotFoundError(
-        f"{os.path.join(path, ENCODER_SPEC)} not found: pass a run's workdir/export folder"
+        f"{fileio.join(path, ENCODER_SPEC)} not found: pass a run's workdir/export folder"
     )
 
 
@@ -336,7 +344,7 @@ def load_encoder(path: str) -> tuple[Callable, dict]:
 
     path, spec = find_export(path)
     with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(os.path.abspath(os.path.join(path, ENCODER_VARIABLES)))
+        variables = ckptr.restore(fileio.join(path, ENCODER_VARIABLES))
     module = backbone_from_spec(spec["architecture"])
 
     @jax.jit
@@ -370,13 +378,13 @@ def load_classifier(path: str) -> tuple[Callable, dict, dict]:
       for NHWC uint8 images at the training resolution, and the export's encoder.json.
     """
     path, spec = find_export(path)
-    if "classifier" not in spec or not os.path.isdir(os.path.join(path, HEAD_VARIABLES)):
+    if "classifier" not in spec or not fileio.is_dir(fileio.join(path, HEAD_VARIABLES)):
         raise FileNotFoundError(f"{path} holds an encoder without a classifier: export one "
                                 "from a fine-tuning run (configs/finetune.py)")  # fmt: skip
     module = classifier_from_spec(spec)
     with ocp.StandardCheckpointer() as ckptr:
-        encoder = ckptr.restore(os.path.abspath(os.path.join(path, ENCODER_VARIABLES)))
-        head = ckptr.restore(os.path.abspath(os.path.join(path, HEAD_VARIABLES)))
+        encoder = ckptr.restore(fileio.join(path, ENCODER_VARIABLES))
+        head = ckptr.restore(fileio.join(path, HEAD_VARIABLES))
     variables = {
         "params": {"backbone": encoder["params"], "head": head["params"]},
         "batch_stats": {"backbone": encoder.get("batch_stats", {})},  # {}: a ViT

@@ -5,11 +5,11 @@ executables on disk (by default in the workdir, which every host of a run shares
 loads them instead of recompiling, which takes minutes for a large model on a pod.
 """
 
-import os
-
 import jax
 from absl import logging
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+from ssl_jax import fileio
 
 OFF = "off"
 _set_by_us = None  # the directory this module last set, to tell it from a user's own setting
@@ -37,7 +37,7 @@ def use(setting: str, workdir: str) -> str | None:
         return None
     if not setting and current and current != _set_by_us:
         return current  # the user's own JAX setting
-    directory = setting or os.path.join(workdir, "compilation_cache")
+    directory = setting or fileio.join(workdir, "compilation_cache")
     if current != directory:
         if current:
             # A second run in the same process (tests, a notebook): JAX opens its cache once, at

@@ -1,9 +1,8 @@
 """Checks on a config before any work starts, so mistakes surface as one clear line."""
 
-import os
-
 import ml_collections
 
+from ssl_jax import fileio
 from ssl_jax.errors import UserError
 
 # The keys every method's config has (a contract: tests and tools use these names).
@@ -56,7 +55,7 @@ def validate_evaluation(config: ml_collections.ConfigDict) -> ml_collections.Con
     """Checks an evaluation config (task "evaluate": configs/linear_eval.py, fewshot.py)."""
     if not config.pretrained:
         raise UserError("set --config.pretrained=PATH: a pretraining workdir or its export/ folder")
-    if not os.path.isdir(config.pretrained):
+    if not fileio.is_dir(config.pretrained):
         raise UserError(f"pretrained={config.pretrained!r} is not a directory; pass a pretraining "
                         "workdir or its export/ folder")  # fmt: skip
     protocols = tuple(config.protocols)

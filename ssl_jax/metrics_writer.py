@@ -2,31 +2,37 @@
 
 import json
 import os
+import socket
+import time
 
-import tensorflow as tf
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+from ssl_jax import fileio
 
 
 class MetricsWriter:
     """Appends one JSON object per logged step to workdir/metrics.jsonl and mirrors the scalars
     to TensorBoard. A resumed run appends, so the steps it redoes appear twice; the later line
-    for a step is the one that counts."""
+    for a step is the one that counts.
+
+    Both files go through `fileio`, so a workdir on gs:// works (and is tested through an
+    emulator) the same way as a local one."""
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.enabled = enabled
         if enabled:
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._jsonl = fileio.AppendLog(fileio.join(workdir, "metrics.jsonl"))
+            self._tb = EventFile(fileio.join(workdir, "tensorboard"))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        with self._tb.as_default(step=record["step"]):
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    tf.summary.scalar(key, value)
-        self._tb.flush()
+        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        self._tb.write_scalars(record["step"], scalars)
 
     def write_event(self, record: dict) -> None:
         if self.enabled:
@@ -37,6 +43,44 @@ class MetricsWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+class EventFile:
+    """TensorBoard scalars written as tf.summary.scalar writes them (the same Summary protos in
+    the same TFRecord framing), without TensorFlow's filesystem layer: through `fileio`.
+
+    Each process start opens a new events file, as tf.summary does; TensorBoard reads every
+    file of the folder. Off local disk a flush rewrites the whole object, so a new file is
+    started past `max_bytes` to keep that cost bounded.
+    """
+
+    def __init__(self, folder: str, *, max_bytes: int = 1 << 20):
+        self.folder, self.max_bytes, self._count = folder, max_bytes, 0
+        fileio.makedirs(folder)
+        self._open()
+
+    def _open(self) -> None:
+        name = (f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}."
+                f"{self._count}.v2")  # fmt: skip
+        self._count += 1
+        self._log = fileio.AppendLog(fileio.join(self.folder, name), binary=True)
+        self._records = RecordWriter(self._log)
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        for tag, value in scalars.items():
+            summary = scalar_summary.scalar_pb(tag, float(value))
+            self._write(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+        self._log.flush()
+        if not fileio.is_local(self.folder) and self._log.size > self.max_bytes:
+            self._log.close()
+            self._open()
+
+    def close(self) -> None:
+        self._log.close()
 
 
 def progress_line(

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 
+from ssl_jax import fileio
 from ssl_jax.errors import UserError, exit_on_error
 
 _TOP1 = re.compile(r"^(random_init_)?(\w+?)_top1$")
@@ -27,8 +28,7 @@ COLUMNS = ("workdir", "method", "backbone", "dataset", "epochs", "encoder", "pro
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path) as f:
-            value = json.load(f)
+        value = json.loads(fileio.read_text(path))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}); rerun the run to rewrite it") from None
     if not isinstance(value, dict):
@@ -38,17 +38,16 @@ def _read_json(path: str) -> dict:
 
 def _last_epoch(workdir: str) -> float | None:
     """The epoch of the last logged training step (metrics.jsonl), or None."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = fileio.join(workdir, "metrics.jsonl")
     epoch = None
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill: the rest still counts
-                    continue
-                if "epoch" in record:
-                    epoch = record["epoch"]
+    if fileio.exists(path):
+        for line in fileio.read_text(path).splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill: the rest still counts
+                continue
+            if "epoch" in record:
+                epoch = record["epoch"]
     return epoch
 
 
@@ -66,17 +65,17 @@ def _percent(value) -> str:
 
 def rows_of(workdir: str) -> list[dict]:
     """The table rows of one finished workdir (see the module docstring)."""
-    if not os.path.isdir(workdir):
+    if not fileio.is_dir(workdir):
         raise UserError(f"{workdir} is not a directory; pass pretraining or evaluation workdirs")
-    results_path = os.path.join(workdir, "results.json")
-    if not os.path.exists(results_path):
+    results_path = fileio.join(workdir, "results.json")
+    if not fileio.exists(results_path):
         raise UserError(
             f"{workdir} has no results.json: the run has not finished (rerun its command with "
             "the same --workdir to resume it) or this is not a workdir"
         )
     results = _read_json(results_path)
-    config_path = os.path.join(workdir, "config.json")
-    config = _read_json(config_path) if os.path.exists(config_path) else {}
+    config_path = fileio.join(workdir, "config.json")
+    config = _read_json(config_path) if fileio.exists(config_path) else {}
     model = config.get("model") or {}
     backbone = model.get("name", "n/a")
     if model.get("width", 1.0) != 1.0:
@@ -86,7 +85,7 @@ def rows_of(workdir: str) -> list[dict]:
     evaluation = results.get("task") == "evaluate" or "pretrain_epochs" in results
     fraction = results.get("label_fraction", 1.0)
     common = {
-        "workdir": os.path.basename(os.path.normpath(workdir)),
+        "workdir": os.path.basename(os.path.normpath(workdir)),  # gs://b/run too: "run"
         "method": results.get("method") or config.get("method", "n/a"),
         "backbone": results.get("backbone") or backbone,
         "dataset": config.get("dataset", "n/a"),
@@ -145,8 +144,7 @@ def main(argv=None) -> None:
         table = markdown(rows)
         if args.output:
             try:
-                with open(args.output, "w") as f:
-                    f.write(table)
+                fileio.write_text(args.output, table)
             except OSError as e:
                 raise UserError(f"cannot write {args.output}: {e.strerror}") from None
     sys.stdout.write(table)

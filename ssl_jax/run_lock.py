@@ -26,7 +26,8 @@ A lock left by a killed or preempted run is taken over, so kill -9 and rerun sti
 Ages compare the holder's clock (the time it wrote) with the reader's: hosts must agree to well
 within stale_after_s, which NTP gives.
 
-Guarantees, per filesystem (`run.lock` is read and written by tf.io.gfile, or os where local):
+Guarantees, per filesystem (`run.lock` is read and written through ssl_jax.fileio, or os where
+local):
   - local and NFS paths: exclusive. Every read-decide-write of the lock runs under flock() on
     run.lock (NFS: byte-range locks, coherent across clients), which the kernel releases when a
     process dies: of two launches that both see a stale lock, exactly one takes it. The file is
@@ -34,10 +35,11 @@ Guarantees, per filesystem (`run.lock` is read and written by tf.io.gfile, or os
     Where flock is unsupported (some FUSE or Lustre mounts) it falls back to the next case, with
     a warning. A FUSE mount of an object store (gcsfuse) only excludes launches on one host:
     give the gs:// path instead.
-  - gs:// and other object stores (tf.io.gfile has no exclusive create; GCS's if-generation-match
-    is not exposed): best effort. A launch writes its claim, waits `SETTLE_S`, reads it back and
-    holds the lock only if its own token is still there; two launches whose claims land within
-    that time of each other are told apart (the last writer wins, the other fails naming it).
+  - gs:// and other object stores (neither tf.io.gfile nor fsspec has an exclusive create;
+    GCS's if-generation-match is not exposed): best effort. A launch writes its claim, waits
+    `SETTLE_S`, reads it back and holds the lock only if its own token is still there; two
+    launches whose claims land within that time of each other are told apart (the last writer
+    wins, the other fails naming it).
     Racers slower than that could both start; then every heartbeat re-reads the lock, and the run
     whose token was replaced marks itself lost within one heartbeat: `check()` raises.
 
@@ -66,6 +68,7 @@ from collections.abc import Iterator
 
 from absl import logging
 
+from ssl_jax import fileio
 from ssl_jax.errors import UserError
 
 LOCK_FILE = "run.lock"
@@ -295,48 +298,42 @@ class _LocalFile:
         os.fsync(self.fd)  # on the server (NFS) before the flock is released
 
 
-class _GfileStore:
-    """run.lock on gs:// or another tf.io.gfile filesystem: no mutual exclusion (see top)."""
+class _RemoteStore:
+    """run.lock on gs:// or another non-local filesystem (ssl_jax.fileio): no mutual exclusion
+    (see top)."""
 
     exclusive = False
 
     def __init__(self, path: str):
-        import tensorflow as tf  # only for non-local paths: a local lock needs no TensorFlow
-
-        self.path, self._gfile = path, tf.io.gfile
-        self._not_found, self._op_error = tf.errors.NotFoundError, tf.errors.OpError
+        self.path = path
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator["_GfileStore"]:
+    def locked(self) -> Iterator["_RemoteStore"]:
         yield self
 
     def read(self) -> str:
         try:
-            with self._gfile.GFile(self.path, "rb") as f:
-                return f.read().decode()
-        except self._not_found:
-            return ""
-        except self._op_error as e:  # OSError, as for local paths: acquire() words it
-            raise OSError(e.message) from None
+            return fileio.read_bytes(self.path).decode() if fileio.exists(self.path) else ""
+        except OSError:
+            raise
+        except Exception as e:  # each filesystem's own errors, as OSError: acquire() words it
+            raise OSError(str(e)) from None
 
     def write(self, text: str) -> None:
-        # Written aside, then renamed over run.lock: readers see the old text or the new, never
-        # a part (GCS: a copy, which replaces the object at once). Writing run.lock in place is
-        # not even correct on ram://: TF 2.21 appends instead of truncating there.
-        aside = f"{self.path}.{uuid.uuid4().hex}.tmp"
+        # One whole write (fileio.write_bytes): readers see the old text or the new, never a part.
         try:
-            with self._gfile.GFile(aside, "wb") as f:
-                f.write(text.encode())
-            self._gfile.rename(aside, self.path, overwrite=True)
-        except self._op_error as e:
-            raise OSError(e.message) from None
+            fileio.write_bytes(self.path, text.encode())
+        except OSError:
+            raise
+        except Exception as e:
+            raise OSError(str(e)) from None
 
 
-def _store(workdir: str) -> _LocalStore | _GfileStore:
+def _store(workdir: str) -> _LocalStore | _RemoteStore:
     if workdir.startswith("file://"):
         workdir = workdir[len("file://") :]
     if "://" in workdir:
-        return _GfileStore(workdir.rstrip("/") + "/" + LOCK_FILE)
+        return _RemoteStore(fileio.join(workdir, LOCK_FILE))
     return _LocalStore(os.path.join(workdir, LOCK_FILE))
 
 
@@ -457,7 +454,8 @@ def acquire(
     """Take the workdir's lock for this run, or raise a one-line UserError naming its holder.
 
     Args:
-      workdir: the run's workdir (exists already: workdir.prepare); local, NFS or gfile path.
+      workdir: the run's workdir (exists already: workdir.prepare); local, NFS, gs:// or any
+        other ssl_jax.fileio path.
       is_lead: True on process 0 of the run. Other processes touch nothing and get a stand-in
         (`held` False); their caller must learn process 0's outcome (see the module docstring).
       stale_after_s: a lock from another host with no heartbeat for this long is taken over;

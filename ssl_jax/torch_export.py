@@ -26,7 +26,6 @@ Conventions a user must match on the PyTorch side:
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
@@ -92,14 +91,14 @@ def export_torchvision(variables: dict, path: str, *, spec: dict | None = None) 
     `spec` (the export's encoder.json) goes into the file's metadata, so the file says which
     architecture and stem it holds.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
+
+    from ssl_jax import fileio
 
     metadata = {"format": "pt", "source": "ssl_jax"}
     if spec is not None:
         metadata["ssl_jax_encoder"] = json.dumps(spec, sort_keys=True)
-    tmp = path + ".tmp"
-    save_file(torchvision_state_dict(variables), tmp, metadata=metadata)
-    os.replace(tmp, path)
+    fileio.write_bytes(path, save(torchvision_state_dict(variables), metadata=metadata))
 
 
 def main(argv=None) -> None:
@@ -123,7 +122,7 @@ def main(argv=None) -> None:
             raise UserError(f"{export} holds a {spec['architecture']['name']} encoder; only "
                             "ResNets convert to torchvision's layout")  # fmt: skip
         _, variables = checkpoint.load_encoder(export)
-        output = args.output or os.path.join(export, TORCHVISION_FILE)
+        output = args.output or f"{export}/{TORCHVISION_FILE}"
         try:
             export_torchvision(variables, output, spec=spec)
         except OSError as e:

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -26,6 +25,7 @@ from ssl_jax import (
     checkpoint,
     compilation_cache,
     data,
+    fileio,
     methods,
     models,
     parallel,
@@ -161,7 +161,7 @@ def set_up(
     if is_lead:  # only now: a config that cannot build a model leaves the workdir untouched
         workdir_lib.write_config(config, workdir)
         if subset_facts is not None:
-            path = os.path.join(workdir, subsets.TRAIN_SUBSET_FILE)
+            path = fileio.join(workdir, subsets.TRAIN_SUBSET_FILE)
             subsets.save_subset(path, subset_ids, **subset_facts)
 
     rng = jax.random.PRNGKey(config.seed)
@@ -326,7 +326,7 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
             spec["classifier"]["finetune_from"] = checkpoint.PROJECTOR_LAYER
     variables = jax.device_get(run.encoder_variables(state))
     checkpoint.export_encoder(
-        os.path.join(run.workdir, "export"),
+        fileio.join(run.workdir, "export"),
         spec=spec,
         variables=variables,
         head=head,
@@ -336,11 +336,10 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
         if isinstance(encoder, models.ResNet):  # for PyTorch users: torchvision's names, layouts
             torch_export.export_torchvision(
                 variables,
-                os.path.join(run.workdir, "export", torch_export.TORCHVISION_FILE),
+                fileio.join(run.workdir, "export", torch_export.TORCHVISION_FILE),
                 spec=spec,
             )
-        with open(os.path.join(run.workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        fileio.write_text(fileio.join(run.workdir, "results.json"), json.dumps(results, indent=2))
         writer.write({"step": int(state.step), **{k: v for k, v in results.items() if k != "step"}})
     run.print(results_summary(results, run.workdir))
     if config.get("save_pictures", False) and not method.has_classifier:
@@ -367,6 +366,7 @@ def save_pictures(run: Run) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Pretrain `config.method` on `config.dataset`; resume from workdir when it has checkpoints."""
     with contextlib.ExitStack() as cleanup:
+        workdir = fileio.absolute(workdir)
         run, state = set_up(config, workdir, cleanup)
         writer = MetricsWriter(workdir, enabled=run.is_lead)
         cleanup.callback(writer.close)

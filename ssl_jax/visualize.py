@@ -13,6 +13,7 @@ Both are drawn with PIL alone and are the same for the same seed.
 """
 
 import argparse
+import io
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from ssl_jax import checkpoint, data, parallel  # noqa: E402
+from ssl_jax import checkpoint, data, fileio, parallel  # noqa: E402
 from ssl_jax.errors import UserError, exit_on_error  # noqa: E402
 from ssl_jax.evaluate import features as features_lib  # noqa: E402
 
@@ -68,7 +69,7 @@ def save_augmentations(config, source, path: str, *, num_images: int = 8, seed=N
     labels = ["original"] + [
         n if names.count(n) == 1 else f"{n} {v + 1}" for v, n in enumerate(names)
     ]
-    _grid([originals, *batch["views"]], labels).save(path)
+    _save_png(_grid([originals, *batch["views"]], labels), path)
     return batch["index"]
 
 
@@ -124,7 +125,7 @@ def save_embedding(
     # machine to machine), and threads that wait for a busy core made it 4x slower on 2 cores.
     with threadpool_limits(1, user_api="openmp"):
         coords = tsne.fit_transform(x)
-    _scatter(coords, labels[rows], class_names).save(path)
+    _save_png(_scatter(coords, labels[rows], class_names), path)
     return coords, rows
 
 
@@ -166,11 +167,18 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width: int)
     draw.text(xy, text, fill="black", font=font)
 
 
+def _save_png(image: Image.Image, path: str) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    fileio.write_bytes(path, buffer.getvalue())
+
+
 def visualize_workdir(workdir: str, *, max_points: int = 2000) -> None:
     """Both pictures of a pretraining workdir, written into it (the command line's work)."""
+    workdir = fileio.absolute(workdir)
     config = _load_config(workdir)
     train_source = data.get_run_source(config, "train", workdir)
-    path = os.path.join(workdir, AUGMENTATIONS_FILE)
+    path = fileio.join(workdir, AUGMENTATIONS_FILE)
     save_augmentations(config, train_source, path)
     print(f"Wrote {path}", flush=True)
     try:
@@ -191,21 +199,20 @@ def visualize_workdir(workdir: str, *, max_points: int = 2000) -> None:
     feats, labels = features_lib.extract_features(
         apply_fn, variables, test_source, mesh=mesh, **kwargs
     )
-    path, names = os.path.join(workdir, EMBEDDING_FILE), test_source.class_names
+    path, names = fileio.join(workdir, EMBEDDING_FILE), test_source.class_names
     save_embedding(feats, labels, path, class_names=names, seed=config.seed, max_points=max_points)
     print(f"Wrote {path}", flush=True)
 
 
 def _load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = fileio.join(workdir, "config.json")
+    if not fileio.exists(path):
         raise UserError(
             f"{path} not found: pass a pretraining workdir (the --workdir of "
             "python -m ssl_jax.main), once its run has started"
         )
     try:
-        with open(path) as f:
-            values = json.load(f)
+        values = json.loads(fileio.read_text(path))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path} cannot be read ({e}); rerun the run to rewrite it") from None
     if not isinstance(values, dict) or "views" not in values:

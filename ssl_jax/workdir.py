@@ -2,7 +2,7 @@
 
 Pretraining (train.py) and evaluation (evaluate/protocols.py) share this contract: a workdir is
 checked before any work starts, and a rerun with a different config keeps the earlier config
-beside the new one instead of overwriting it.
+beside the new one instead of overwriting it. A workdir may be local or on gs:// (fileio).
 """
 
 import os
@@ -10,34 +10,33 @@ import time
 
 from absl import logging
 
+from ssl_jax import fileio
 from ssl_jax.errors import UserError
 
 
 def prepare(workdir: str) -> None:
     """Create the workdir and prove it is writable, before any work starts."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
+        fileio.makedirs(workdir)
+        probe = fileio.join(workdir, f".write_test_{os.getpid()}")
+        fileio.write_text(probe, "ok")
+        fileio.remove_tree(probe)
+    except Exception as e:  # OSError locally; each remote filesystem raises its own errors
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise UserError(
-            f"workdir {workdir!r} cannot be created or written ({e.strerror or e}); "
+            f"workdir {workdir!r} cannot be created or written ({reason}); "
             "pass a writable --workdir"
         ) from None
 
 
 def write_config(config, workdir: str) -> None:
     """config.json holds the resolved config; a different earlier one is kept beside it."""
-    path = os.path.join(workdir, "config.json")
+    path = fileio.join(workdir, "config.json")
     text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = f.read()
+    if fileio.exists(path):
+        old = fileio.read_text(path)
         if old != text:
-            aside = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
-            os.replace(path, aside)
+            aside = fileio.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
+            fileio.write_text(aside, old)
             logging.warning("The config differs from the run's earlier one; kept that as %s", aside)
-    with open(path, "w") as f:
-        f.write(text)
+    fileio.write_text(path, text)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ssl_jax import fileio
 from ssl_jax.errors import UserError
 
 
@@ -82,17 +83,13 @@ def class_balanced_subset(labels, *, size: int, seed: int) -> np.ndarray:
 def save_subset(path: str, ids: np.ndarray, **facts) -> None:
     """Writes ids and the facts that define them (seed, size, split size, ...) as JSON."""
     record = {**facts, "num_ids": int(len(ids)), "ids": [int(i) for i in ids]}
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)  # a kill mid-write leaves the old file or none, never half of one
+    fileio.write_text(path, json.dumps(record))  # whole: a kill never leaves half of one
 
 
 def load_subset(path: str, **expected) -> np.ndarray:
     """The ids saved at `path`; every fact in `expected` must match what was saved."""
     try:
-        with open(path) as f:
-            record = json.load(f)
+        record = json.loads(fileio.read_text(path))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read the labelled subset {path} ({e}); delete it to draw "
                         "it again") from None  # fmt: skip
@@ -110,12 +107,11 @@ def load_subset(path: str, **expected) -> np.ndarray:
 
 def read_name_list(path: str) -> tuple[list[str], str]:
     """(the file names listed in `path`, one a line, blank lines skipped; sha256 of its bytes)."""
-    path = os.path.abspath(os.path.expanduser(path))
+    path = fileio.absolute(path)
     help_ = ("pass --config.label_subset_file=PATH of a text file with one image file name per "
              "line (e.g. google-research/simclr's imagenet_subsets/1percent.txt)")  # fmt: skip
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = fileio.read_bytes(path)
         names = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
     except OSError as e:
         raise UserError(
@@ -211,8 +207,8 @@ def labelled_train_subset(source, *, fraction: float, seed: int, workdir: str,
         )
     facts = dict(source=source.name, split_examples=int(source.num_examples),
                  label_fraction=float(fraction), seed=int(seed))  # fmt: skip
-    path = os.path.join(workdir, TRAIN_SUBSET_FILE)
-    if os.path.exists(path):
+    path = fileio.join(workdir, TRAIN_SUBSET_FILE)
+    if fileio.exists(path):
         ids, new = load_subset(path, **facts), False
     else:
         size = subset_size(int(np.sum(source.labels >= 0)), fraction=fraction,
@@ -224,12 +220,12 @@ def labelled_train_subset(source, *, fraction: float, seed: int, workdir: str,
 
 def _listed_train_subset(source, *, fraction: float, workdir: str, subset_file: str):
     """labelled_train_subset for a list of file names."""
-    subset_file = os.path.abspath(os.path.expanduser(subset_file))
+    subset_file = fileio.absolute(subset_file)
     listed, digest = read_name_list(subset_file)
     facts = dict(source=source.name, split_examples=int(source.num_examples),
                  label_subset_sha256=digest)  # fmt: skip
-    path = os.path.join(workdir, TRAIN_SUBSET_FILE)
-    if os.path.exists(path):
+    path = fileio.join(workdir, TRAIN_SUBSET_FILE)
+    if fileio.exists(path):
         ids, new = load_subset(path, **facts), False
     else:
         if source.file_names is None:
@@ -253,5 +249,5 @@ def _listed_train_subset(source, *, fraction: float, workdir: str, subset_file: 
             f"--config.label_fraction={share:.3g} (the file decides the images, label_fraction "
             "states their share)"
         )
-    name = f"{source.name}[{len(ids)} labelled, listed in {os.path.basename(subset_file)}]"
+    name = f"{source.name}[{len(ids)} labelled, listed in {fileio.basename(subset_file)}]"
     return source.take(ids, name), ids, {**facts, "label_subset_file": subset_file} if new else None

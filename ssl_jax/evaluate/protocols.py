@@ -21,8 +21,8 @@ so it ends with the same numbers.
 """
 
 import copy
+import io
 import json
-import os
 import time
 
 import jax
@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssl_jax import checkpoint, data, models, parallel, run_lock
+from ssl_jax import checkpoint, data, fileio, models, parallel, run_lock
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.config_check import PROTOCOLS
 from ssl_jax.errors import UserError
@@ -44,6 +44,7 @@ from ssl_jax.metrics_writer import MetricsWriter
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs config.protocols on the frozen encoder at config.pretrained; returns results.json."""
+    workdir = fileio.absolute(workdir)
     workdir_lib.prepare(workdir)
     stale_after_s = config.get(run_lock.CONFIG_KEY, run_lock.DEFAULT_STALE_AFTER_S)
     with run_lock.acquire_on_all_hosts(workdir, stale_after_s=stale_after_s):  # one run per workdir
@@ -77,14 +78,14 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     mesh = parallel.make_mesh()
     batch = max(mesh.devices.size, config.eval_batch_size // mesh.devices.size * mesh.devices.size)
-    fingerprint = {"pretrained": os.path.abspath(config.pretrained), "step": spec.get("step"),
+    fingerprint = {"pretrained": fileio.absolute(config.pretrained), "step": spec.get("step"),
                    "random_init": bool(config.random_init), "seed": config.seed,
                    "image_size": image_size}  # fmt: skip
     feats = {}
     need_features = any(p in _PROTOCOLS for p in protocols)
     for split, source in (("train", train_source), ("test", test_source))[: 2 * need_features]:
         feats[split] = _cached_features(
-            os.path.join(workdir, "features", f"{split}.npz"),
+            fileio.join(workdir, "features", f"{split}.npz"),
             {**fingerprint, "source": source.name, "examples": source.num_examples},
             lambda s=source: features_lib.extract_features(
                 apply_fn, variables, s, image_size=image_size, batch_size=batch, mesh=mesh
@@ -96,7 +97,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results = {
         "task": "evaluate",
         "protocols": list(protocols),
-        "pretrained": os.path.abspath(config.pretrained),
+        "pretrained": fileio.absolute(config.pretrained),
         "encoder": encoder_kind,
         "method": spec.get("method"),
         "backbone": backbone,
@@ -114,16 +115,14 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             record, line = _PROTOCOLS[protocol](config, feats, num_classes)
         ids = record.pop("fewshot_train_ids", None)
         if ids is not None and is_lead:  # the examples each draw used, to inspect or reuse
-            with open(os.path.join(workdir, "fewshot_train_ids.json"), "w") as f:
-                json.dump(ids, f)
+            fileio.write_text(fileio.join(workdir, "fewshot_train_ids.json"), json.dumps(ids))
         results.update(record)
         writer.write({"step": step, "protocol": protocol, "seconds": round(time.time() - t, 1),
                       **record})  # fmt: skip
         print(line, flush=True)
     results["eval_seconds"] = round(time.time() - start, 1)
     if is_lead:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        fileio.write_text(fileio.join(workdir, "results.json"), json.dumps(results, indent=2))
     writer.close()
     print(f"Saved {workdir}/results.json", flush=True)
     return results
@@ -192,7 +191,7 @@ def _augmented(config, spec, image_size, workdir) -> tuple[dict, str]:
     from ssl_jax import train  # the generic loop, as for pretraining; imported only when needed
 
     sub = augmented_config(config, spec, image_size)
-    out = train.train_and_evaluate(sub, os.path.join(workdir, "augmented"))
+    out = train.train_and_evaluate(sub, fileio.join(workdir, "augmented"))
     record = {
         "augmented_top1": out["augmented_top1"],
         "augmented_top5": out["augmented_top5"],
@@ -211,7 +210,7 @@ assert (*_PROTOCOLS, "augmented") == PROTOCOLS
 def _encoder(config):
     """(spec, apply_fn, variables) of the export at config.pretrained (re-initialised if asked)."""
     path = config.pretrained
-    if not os.path.isdir(path):
+    if not fileio.is_dir(path):
         raise UserError(f"pretrained={path!r} is not a directory; pass a pretraining workdir or "
                         "its export/ folder")  # fmt: skip
     try:
@@ -230,10 +229,10 @@ def _encoder(config):
 
 def _cached_features(path: str, fingerprint: dict, compute, is_lead: bool):
     """Features and labels from `path` when it was written for the same fingerprint, else
-    computed and saved (to a temporary file renamed into place, so a kill never leaves half)."""
-    if os.path.exists(path):
+    computed and saved (written whole by fileio, so a kill never leaves half of one)."""
+    if fileio.exists(path):
         try:
-            with np.load(path) as f:
+            with np.load(io.BytesIO(fileio.read_bytes(path))) as f:
                 if json.loads(str(f["fingerprint"])) == fingerprint:
                     print(f"reusing the features in {path}", flush=True)
                     return f["features"], f["labels"]
@@ -241,8 +240,8 @@ def _cached_features(path: str, fingerprint: dict, compute, is_lead: bool):
             logging.warning("Ignoring unreadable feature cache %s (%s)", path, e)
     feats, labels = compute()
     if is_lead:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, features=feats, labels=labels, fingerprint=json.dumps(fingerprint))
-        os.replace(tmp, path)
+        fileio.makedirs(fileio.parent(path))
+        buffer = io.BytesIO()
+        np.savez(buffer, features=feats, labels=labels, fingerprint=json.dumps(fingerprint))
+        fileio.write_bytes(path, buffer.getvalue())
     return feats, labels

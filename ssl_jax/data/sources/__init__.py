@@ -19,8 +19,7 @@ network: TFDS data must already be prepared in `data_dir`.
 
 from __future__ import annotations
 
-import os
-
+from ssl_jax import fileio
 from ssl_jax.data.sources import tfds_common
 from ssl_jax.data.sources.base import SPLITS, Reader, Source, decode_rgb, from_arrays
 from ssl_jax.data.sources.demo import DEMO_ARCHIVE, demo_source
@@ -105,5 +104,5 @@ def get_run_source(config, split: str, workdir: str, *, file_names: bool = False
         config.data_dir,
         file_names=file_names,
         ram_limit_gb=config.get("data_ram_limit_gb"),
-        cache_dir=os.path.join(workdir, "cache"),
+        cache_dir=fileio.join(workdir, "cache"),
     )

@@ -27,13 +27,13 @@ import json
 import os
 import re
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from ssl_jax import fileio
 from ssl_jax.data.sources.base import Source, decode_rgb
 from ssl_jax.errors import UserError
 
@@ -176,7 +176,7 @@ def _cache_file(cache_dir: str, split_dir: str, key: str) -> str:
     bytes plus the unreadable paths; deleting cache_dir only costs one scan."""
     tag = re.sub(r"[^A-Za-z0-9]+", "-", "/".join(split_dir.rstrip("/").split("/")[-2:]))
     where = hashlib.sha256(split_dir.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return os.path.join(cache_dir, f"imagefolder_{tag.strip('-')[:48]}_{where}_{key[:24]}.json")
+    return fileio.join(cache_dir, f"imagefolder_{tag.strip('-')[:48]}_{where}_{key[:24]}.json")
 
 
 def _load_scan(path: str, split_dir: str, key: str, rel_paths: list[str]) -> list[str] | None:
@@ -186,10 +186,9 @@ def _load_scan(path: str, split_dir: str, key: str, rel_paths: list[str]) -> lis
     warning (it is replaced by the new scan's), never trusted and never fatal.
     """
     try:
-        if not tf.io.gfile.exists(path):
+        if not fileio.exists(path):
             return None
-        with tf.io.gfile.GFile(path, "rb") as f:
-            record = json.loads(f.read())
+        record = json.loads(fileio.read_bytes(path))
         unreadable = record["unreadable"]
         if not (
             record["format"] == _CACHE_FORMAT
@@ -201,28 +200,21 @@ def _load_scan(path: str, split_dir: str, key: str, rel_paths: list[str]) -> lis
         ):
             raise ValueError("it does not describe this listing")
         return unreadable
-    except (tf.errors.OpError, OSError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # each filesystem has its own errors; a bad cache is never fatal
         logging.warning("Ignoring the scan cache %s (%s); scanning %s again", path, e, split_dir)
         return None
 
 
 def _save_scan(path: str, record: dict) -> None:
-    """Writes a temporary file, then renames it over `path`: a kill mid-write leaves at most a
-    stray .tmp file, never a half-written cache. A cache that cannot be written only warns."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    """Writes the cache whole (fileio.write_text): a kill mid-write never leaves half of one.
+    A cache that cannot be written only warns."""
     try:
-        tf.io.gfile.makedirs(os.path.dirname(path))
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps(record, indent=1))
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    except (tf.errors.OpError, OSError) as e:
+        fileio.makedirs(fileio.parent(path))
+        fileio.write_text(path, json.dumps(record, indent=1))
+    except Exception as e:  # each filesystem has its own errors; the cache is only a speed-up
         logging.warning(
             "Could not write the scan cache %s (%s); the next start scans again", path, e
         )
-        try:
-            tf.io.gfile.remove(tmp)
-        except (tf.errors.OpError, OSError):
-            pass
 
 
 def _unreadable(split_dir: str, rel_paths: list[str], cache_dir: str | None) -> list[str]:
