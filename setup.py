@@ -37,5 +37,16 @@ setuptools.setup(
         "tensorflow-cpu>=2.21,<3",
         "tensorflow-datasets>=4.9.10,<5",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff"]},
+    extras_require={
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "pytest-xdist",
+            "ruff",
+            # tests/test_cloud_storage.py: the command line on gs:// workdirs, against an
+            # in-memory GCS on localhost (no network); gcsfs is how epath reaches it there
+            "gcp-storage-emulator>=2026.7",
+            "gcsfs>=2026.9",
+        ]
+    },
 )

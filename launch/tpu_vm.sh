@@ -3,7 +3,7 @@
 # all workers (logs stream here), re-run it after a preemption, delete the TPU.
 #
 #   TPU=simclr ACCELERATOR_TYPE=v4-32 ZONE=us-central2-b SPOT=1 \
-#   WORKDIR=/mnt/shared/runs/simclr_r50 DATA_DIR=/mnt/shared/tfds \
+#   WORKDIR=gs://my-bucket/runs/simclr_r50 DATA_DIR=gs://my-bucket/tfds \
 #     launch/tpu_vm.sh configs/simclr.py --config.num_epochs=100
 #
 #   launch/tpu_vm.sh --dry-run configs/simclr.py ...   # print the commands, one a line; run nothing
@@ -19,7 +19,8 @@
 #   PROJECT           [gcloud's configured project]
 #   SPOT=1 or PREEMPTIBLE=1   cheaper capacity that can be taken back at any time [0]
 #   WORKDIR           (required; or --workdir=DIR) the run's directory, on storage that every worker
-#                     sees (a Filestore / NFS mount); the same path is passed to every worker
+#                     sees (gs://BUCKET/..., or a Filestore / NFS mount); the same path is passed
+#                     to every worker
 #   DATA_DIR          TFDS data_dir, passed as --config.data_dir [none]
 #   REPO_URL          a git URL the workers clone, REPO_REF a branch, tag or commit of it
 #                     [none: this checkout is copied, uncommitted changes included]

@@ -33,6 +33,7 @@ SLOW_FILES_FIRST = (
     "test_dino.py",
     "test_swav.py",
     "test_export.py",
+    "test_cloud_storage.py",
     "test_mocov3.py",
     "test_cli_errors.py",
     "test_protocols.py",
