@@ -175,3 +175,14 @@ def test_evaluation_report_and_pictures_read_and_write_gcs(gcs_run):
     run(env, "ssl_jax.visualize", workdir, "--max_points=40")
     for name in ("augmentations.png", "embedding.png"):
         assert fs.cat(f"{root}/{name}").startswith(b"\x89PNG"), name
+
+
+def test_a_workdir_in_a_missing_bucket_is_a_one_line_error(gcs):
+    env, _ = gcs
+    config = os.path.join(REPO, "configs", "simclr.py")
+    cmd = [sys.executable, "-m", "ssl_jax.main", f"--config={config}:runlocal",
+           "--workdir=gs://no-such-bucket/run"]  # fmt: skip
+    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert "gs://no-such-bucket/run" in errors[0] and "pass a writable --workdir" in errors[0]
