@@ -24,7 +24,6 @@ import json
 import logging as std_logging
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -255,7 +254,7 @@ def export_encoder(
     if jax.process_index() == 0:
         fileio.write_text(fileio.join(target, ENCODER_SPEC), json.dumps(spec, indent=2))
         if local:
-            shutil.rmtree(directory, ignore_errors=True)
+            fileio.remove_tree(directory)
             os.replace(target, directory)
 
 

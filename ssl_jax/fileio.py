@@ -46,6 +46,8 @@ def _fs(path) -> epath_backend.Backend:
     if scheme is None:
         return epath_backend.os_backend
     if scheme in _EPATH_SCHEMES:
+        # epath's own rule (gpath._is_tf_installed; its backend choice is private), so these
+        # files and orbax's take the same route. TensorFlow is a dependency: it is installed.
         use_tf = os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0")
         return epath_backend.tf_backend if use_tf else epath_backend.fsspec_backend
     return epath_backend.tf_backend

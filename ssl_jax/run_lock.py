@@ -312,21 +312,25 @@ class _RemoteStore:
         yield self
 
     def read(self) -> str:
-        try:
+        with _as_os_error():
             return fileio.read_bytes(self.path).decode() if fileio.exists(self.path) else ""
-        except OSError:
-            raise
-        except Exception as e:  # each filesystem's own errors, as OSError: acquire() words it
-            raise OSError(str(e)) from None
 
     def write(self, text: str) -> None:
         # One whole write (fileio.write_bytes): readers see the old text or the new, never a part.
-        try:
+        with _as_os_error():
             fileio.write_bytes(self.path, text.encode())
-        except OSError:
-            raise
-        except Exception as e:
-            raise OSError(str(e)) from None
+
+
+@contextlib.contextmanager
+def _as_os_error():
+    """Each filesystem's own errors (tf.errors, gcsfs's HttpError), as OSError: acquire() words
+    OSErrors for the user."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        raise OSError(str(e)) from None
 
 
 def _store(workdir: str) -> _LocalStore | _RemoteStore:
