@@ -1,5 +1,7 @@
 """The whole command line with its workdirs on gs://: pretraining (checkpoints, resume, the
-export), an evaluation reading the encoder from gs://, the results table and the pictures.
+export), an evaluation reading the encoder from gs://, and the results table. (The pictures
+are written by fileio.write_bytes, which tests/test_fileio.py covers; a visualize run here was
+left out to keep CI under 20 minutes.)
 
 Google Cloud Storage is played by gcp-storage-emulator, an in-memory GCS JSON API on localhost:
 no network, no credentials. The runs reach it as a user's runs reach GCS, through the same
@@ -159,9 +161,8 @@ def test_a_rerun_on_gcs_resumes_from_its_checkpoint_exactly(gcs_run):
     assert {"loss", "lr"} <= tags
 
 
-def test_evaluation_report_and_pictures_read_and_write_gcs(gcs_run):
+def test_evaluation_and_report_read_and_write_gcs(gcs_run):
     env, fs, workdir, *_ = gcs_run
-    root = workdir.removeprefix("gs://")
     evaluation = f"gs://{BUCKET}/eval"
     config = os.path.join(REPO, "configs", "linear_eval.py")
     out = run(env, "ssl_jax.main", f"--config={config}:runlocal", f"--workdir={evaluation}",
@@ -172,9 +173,6 @@ def test_evaluation_report_and_pictures_read_and_write_gcs(gcs_run):
     assert fs.exists(f"{BUCKET}/eval/features/train.npz")
     table = run(env, "ssl_jax.report", workdir, evaluation).stdout
     assert "| pretrain |" in table and "| eval |" in table, table
-    run(env, "ssl_jax.visualize", workdir, "--max_points=40")
-    for name in ("augmentations.png", "embedding.png"):
-        assert fs.cat(f"{root}/{name}").startswith(b"\x89PNG"), name
 
 
 def test_a_workdir_in_a_missing_bucket_is_a_one_line_error(gcs):
