@@ -23,6 +23,7 @@ def prepare(workdir: str) -> None:
         fileio.remove_tree(probe)
     except Exception as e:  # OSError locally; each remote filesystem raises its own errors
         reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        reason = " ".join(str(reason).split())  # TF's GCS errors span lines: keep one
         raise UserError(
             f"workdir {workdir!r} cannot be created or written ({reason}); "
             "pass a writable --workdir"
