@@ -67,6 +67,8 @@ YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 XLA_SETTINGS = {
     "default": "",  # jaxlib's own choice: convolutions in YNNPACK
     "-individual_convolution": f"{YNN_FLAG}=-individual_convolution",  # convs back to Eigen
+    # ... and no YNN reduce fusions, whose rank-7/8 kernels crash jaxlib 0.10.2 (jax#39257, #40412)
+    "-individual_convolution,-reduce": f"{YNN_FLAG}=-individual_convolution,-reduce",
     "empty": f"{YNN_FLAG}=",  # every YNN fusion off
 }
 MATRIX_MARK = "THROUGHPUT_MATRIX_RESULT "  # a worker's result line on stdout
@@ -417,11 +419,11 @@ def _run_child(cmd: list[str], env: dict, pin: int | None, timeout: float) -> tu
 def matrix_cells(args) -> list[dict]:
     """The cells in run order: per row, per thread setting, the XLA settings and then torch, so
     the numbers compared with each other are measured close together in time."""
-    settings = [s for s in args.matrix_settings.split(",") if s]
-    pinned_settings = [s for s in args.matrix_pinned_settings.split(",") if s]
+    settings = args.matrix_settings.split()
+    pinned_settings = args.matrix_pinned_settings.split()
     for name in settings + pinned_settings:
         if name not in XLA_SETTINGS:
-            raise SystemExit(f"unknown XLA setting {name!r}; one of {', '.join(XLA_SETTINGS)}")
+            raise SystemExit(f"unknown XLA setting {name!r}; one of {' '.join(XLA_SETTINGS)}")
     cells = []
     for row in args.matrix_rows.split(","):
         model, batch = row.split(":")
@@ -671,8 +673,9 @@ def markdown(
             "(SGD). XLA setting: what XLA_FLAGS held in the JAX process, with "
             "SSL_JAX_CPU_XLA_FLAGS=off so ssl_jax added nothing: default = no flag "
             "(convolutions in YNNPACK), `-individual_convolution` = "
-            f"`{YNN_FLAG}=-individual_convolution`, empty = `{YNN_FLAG}=` (every YNN fusion "
-            "off). threads: all host CPUs, or 1 pinned = the process pinned to CPU "
+            f"`{YNN_FLAG}=-individual_convolution` (and likewise with `,-reduce`: no YNN "
+            f"reduce fusions either), empty = `{YNN_FLAG}=` (every YNN fusion off). "
+            "threads: all host CPUs, or 1 pinned = the process pinned to CPU "
             f"{args.pin_cpu} (XLA's pool then has one thread; torch.set_num_threads(1)). "
             f"dtype {args.dtype or 'float32'}. The torch number is the same in each row of a "
             "model and thread setting.",
@@ -787,13 +790,14 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--matrix_settings",
-        default=",".join(XLA_SETTINGS),
-        help=f"XLA settings on all host CPUs, from {', '.join(XLA_SETTINGS)}",
+        default=" ".join(XLA_SETTINGS),
+        help=f"XLA settings on all host CPUs, space-separated, from {' '.join(XLA_SETTINGS)}",
     )
     parser.add_argument(
         "--matrix_pinned_settings",
-        default=",".join(XLA_SETTINGS),
-        help="XLA settings on one pinned core (empty string: no pinned JAX cells)",
+        default=" ".join(XLA_SETTINGS),
+        help="XLA settings on one pinned core, space-separated (empty string: no pinned JAX "
+        "cells)",
     )
     parser.add_argument("--pin_cpu", type=int, default=0, help="the CPU of the pinned cells")
     parser.add_argument(

@@ -7,7 +7,8 @@
 label every train image (labels unused) with soft targets at `distill_temperature`, and the
 student (config.model, the same or a smaller ResNet, from scratch by default) learns them
 through the same random crops and flips. results.json has the student's `distill_top1` beside
-the teacher's `teacher_top1`. Not built yet: adding the labelled loss on the labelled subset.
+the teacher's `teacher_top1`. `distill_label_weight` w > 0 adds the true labels of the teacher's
+labelled subset: loss = (1 - w) * distillation + w * cross-entropy on the labelled examples.
 
 Presets: imagenet (default; the fine-tuning recipe's optimiser, 100 epochs: our choice, the
 recipe file gives no distillation schedule), cifar10, demo (the whole demo train split, a few
@@ -22,6 +23,9 @@ def get_config(arg: str | None = None):
     config.method = "distill"
     config.teacher = ""  # a fine-tuning run's workdir or export/ (required)
     config.distill_temperature = 1.0  # SimCLR v2 section 2: tau = 1 by default
+    # SimCLR v2 section 2 adds the labelled loss "with a weighted combination" when labels are
+    # many; 0 is its eq. 3, distillation alone.
+    config.distill_label_weight = 0.0
     config.from_scratch = True  # or --config.pretrained=PATH --config.from_scratch=False
     config.label_fraction = 1.0  # every train image, through the teacher's labels
     config.num_epochs = 100

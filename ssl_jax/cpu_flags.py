@@ -5,7 +5,9 @@ Why: jaxlib 0.10.2 on CPU sends every convolution to YNNPACK (`__ynn_fusion` cal
 Eigen convolutions for ResNet training steps. `--xla_cpu_experimental_ynn_fusion_type=` (empty
 value: no YNN fusions at all) restores Eigen, and also avoids a known YNN fusion crash/hang in
 jaxlib 0.10.2/0.11 (jax-ml/jax#39257). `FLAG` holds the form used; the narrower
-`--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` only moves convolutions back.
+`--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` only moves convolutions back; it
+is faster on ResNet-50 only through YNN's reduce fusions, which it leaves on and which are the
+ones that crash (README "Benchmarks": without them it measured the same as the empty form).
 
 Risk: the flag is experimental, and XLA aborts at start-up on an unknown flag or value, so it is
 added only for jaxlib versions where it was measured (`MEASURED_JAXLIB`), only when jax will run

@@ -122,7 +122,8 @@ def set_up(
     """
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    check_recipes(methods.get_method(config), config)  # bad method settings fail before any work
+    method = methods.get_method(config)
+    check_recipes(method, config)  # bad method settings fail before any work
     subset_file = config.get("label_subset_file", "")  # a list of the labelled images' names
     if subset_file:  # a bad list fails now, not after the whole train split has been loaded
         subsets.read_name_list(subset_file)
@@ -147,6 +148,7 @@ def set_up(
             workdir=workdir,
             subset_file=subset_file,
         )
+    train_source = method.train_source(train_source)
     steps_per_epoch = data.steps_per_epoch(train_source.num_examples, config.batch_size)
     num_steps = total_steps(config, steps_per_epoch)
     compilation_cache.use(config.get("compilation_cache_dir", ""), workdir)  # before any compile

@@ -23,9 +23,16 @@ RTOL, ATOL = 1e-4, 1e-5  # float32 sums in another order; a wrong batch gives ~1
 def tiny_config(method: str, **overrides):
     """The method's runlocal preset at the tiny test shapes (width 0.125, 16 px, batch 16);
     "method:preset" picks another preset ("dino:runlocal_vit")."""
+    config = runlocal_config(method, **overrides)
+    config.batch_size = GLOBAL_BATCH
+    return config
+
+
+def runlocal_config(method: str, **overrides):
+    """configs/<method>.py:runlocal ("method:preset": another preset) with `overrides`, whose
+    dotted keys ("model.name") reach into blocks."""
     name, _, preset = method.partition(":")
     config = importlib.import_module(f"configs.{name}").get_config(preset or "runlocal")
-    config.batch_size = GLOBAL_BATCH
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
@@ -165,12 +172,9 @@ def loss_gradient_wrt(method: str, wrt: str):
 
 
 def run_locally(method: str, workdir: str, **overrides) -> dict:
-    """train_and_evaluate of configs/<method>.py:runlocal in this process: the command line's
-    code path after flag parsing (tests/test_train.py runs the command line itself)."""
-    config = importlib.import_module(f"configs.{method}").get_config("runlocal")
-    for key, value in overrides.items():
-        config[key] = value
-    return train.train_and_evaluate(config, workdir)
+    """train_and_evaluate of configs/<method>.py:runlocal (runlocal_config) in this process: the
+    command line's code path after flag parsing (tests/test_train.py runs the command line)."""
+    return train.train_and_evaluate(runlocal_config(method, **overrides), workdir)
 
 
 def random_export(path: str, *, width: float = 0.125, image_size: int = 16) -> str:
@@ -203,6 +207,15 @@ def assert_resume_reproduces_losses(method: str, tmp_path, **overrides) -> str:
     Returns the uninterrupted workdir (its export is the trained encoder)."""
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
     run_locally(method, full, **overrides)
+    copy_as_killed_after_step_2(full, resumed)
+    run_locally(method, resumed, **overrides)
+    assert_resumed_with_the_same_losses(full, resumed)
+    return full
+
+
+def copy_as_killed_after_step_2(full: str, resumed: str) -> None:
+    """Copies the finished 4-step run `full` to `resumed` as a kill after the step-2 checkpoint
+    would have left it: no step-4 checkpoint, export or results, steps 3-4 not yet logged."""
     shutil.copytree(full, resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
     shutil.rmtree(os.path.join(resumed, "export"))
@@ -211,10 +224,13 @@ def assert_resume_reproduces_losses(method: str, tmp_path, **overrides) -> str:
         kept = [line for line in f if '"step": 3' not in line and '"step": 4' not in line]
     with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
         f.writelines(kept)
-    run_locally(method, resumed, **overrides)
+
+
+def assert_resumed_with_the_same_losses(full: str, resumed: str) -> None:
+    """`resumed` (rerun after copy_as_killed_after_step_2) resumed at step 2 and logged the
+    uninterrupted run's losses at steps 3-4."""
     with open(os.path.join(resumed, "metrics.jsonl")) as f:
         assert {"event": "resume", "step": 2} in [json.loads(line) for line in f]
     a, b = losses_by_step(full), losses_by_step(resumed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     np.testing.assert_allclose([b[s] for s in (3, 4)], [a[s] for s in (3, 4)], rtol=1e-5)
-    return full

@@ -151,3 +151,26 @@ def test_fresh_process_convolutions_leave_ynnpack():
     assert off["flags"] == "--xla_force_host_platform_device_count=2"
     assert off["devices"] == 2
     assert off["ynn"]  # jaxlib's default: this convolution is a YNNPACK fusion
+
+
+# jax-ml/jax#40412: on jaxlib 0.10.2 this rank-7 multiply-reduce runs as a YNN fusion whose
+# kernel segfaults on x86-64 (on a worker thread: often after the result printed). jaxlib's
+# default and `-individual_convolution` alone crash here; the flag ssl_jax sets must not.
+CRASHES_YNN_REDUCE = """
+import ssl_jax
+import jax, jax.numpy as jnp
+u = jax.random.normal(jax.random.PRNGKey(0), (3, 1, 2, 2, 8, 8, 8), dtype=jnp.float32)
+v = jax.random.normal(jax.random.PRNGKey(1), (3, 1, 2, 2, 8, 8, 8), dtype=jnp.float32)
+print(float(jax.jit(lambda a, b: jnp.sum(a * b, axis=3))(u, v).sum()))
+"""
+
+
+def test_the_flag_avoids_the_known_ynn_reduce_crash():
+    if importlib.metadata.version("jaxlib") not in cpu_flags.MEASURED_JAXLIB:
+        pytest.skip("the flag is only applied on measured jaxlib versions")
+    unset = ("SSL_JAX_CPU_XLA_FLAGS", "XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", CRASHES_YNN_REDUCE], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]

@@ -188,6 +188,16 @@ def test_augmented_protocol_trains_a_linear_layer_on_the_frozen_encoder(folder, 
     ), strict=True):  # fmt: skip
         np.testing.assert_array_equal(x, y)
     assert np.abs(after["params"]["head"]["kernel"]).max() > 0
+    # Killed after the linear layer's step-2 checkpoint, the same command resumes its run and
+    # ends with the same numbers.
+    resumed = str(tmp_path / "resumed")
+    mc.copy_as_killed_after_step_2(os.path.join(workdir, "augmented"),
+                                   os.path.join(resumed, "augmented"))  # fmt: skip
+    again = protocols.run(config, resumed)
+    mc.assert_resumed_with_the_same_losses(os.path.join(workdir, "augmented"),
+                                           os.path.join(resumed, "augmented"))  # fmt: skip
+    assert (again["augmented_top1"], again["augmented_top5"]) == (
+        results["augmented_top1"], results["augmented_top5"])  # fmt: skip
 
 
 def run_cli(*overrides, config="linear_eval", timeout=300):

@@ -508,6 +508,12 @@ def test_dino_vit_eight_devices_equal_one(test_vit):
     assert abs(float(metrics["loss"]) - float(one["metrics1"]["loss"])) > 1e-5
 
 
+def test_dino_vit_resume_reproduces_losses(test_vit, tmp_path):
+    """Killed after the step-2 checkpoint and rerun: the ViT student, its EMA teacher (no
+    BatchNorm anywhere) and the centre come back, so steps 3-4 log the same losses."""
+    mc.assert_resume_reproduces_losses("dino:runlocal_vit", tmp_path, **{"model.name": test_vit})
+
+
 def test_vit_presets_have_the_papers_recipes():
     # MoCo v3's ViT-S/16 (CONFIG.md "ViT-Small", vits.py, moco/builder.py MoCo_ViT).
     c = mocov3.get_config("imagenet_vit")

@@ -36,6 +36,9 @@ Conventions the trainer relies on:
   prototypes); the identity by default.
 - `load_pretrained(state)` fills a FRESH state from files (a pretrained encoder to fine-tune, a
   teacher to distil from); the trainer calls it once, never on resume, and shards the result.
+- `train_source(source)` returns the train split as the method trains on it (default: as
+  loaded, after any `label_fraction` subset); distillation with a labelled loss keeps the labels
+  of the teacher's labelled subset only.
 - `encoder_variables(state)` picks the encoder that is evaluated and exported (default: the
   online backbone).
 - `frozen_parts()` names parts of the network the optimiser never changes, top-level ("backbone":
@@ -146,6 +149,9 @@ class MethodBase:
 
     def load_pretrained(self, state):
         return state
+
+    def train_source(self, source):
+        return source
 
     def post_update(self, params):
         """The parameters after each optimiser step, before update_extra (SwAV: unit-norm

@@ -94,6 +94,40 @@ class Source:
             file_names=None if self.file_names is None else tuple(self.file_names[i] for i in ids),
         )
 
+    def keep_labels(self, ids: np.ndarray, name: str) -> Source:
+        """Every example of this split, labelled only where its index is in `ids` (int [M]):
+        the others read as unlabelled (-1), in `read`, `fetch` + `decode` and `labels` alike."""
+        labelled = np.zeros(self.num_examples, bool)
+        labelled[np.asarray(ids, np.int64)] = True
+        labelled_t = tf.constant(labelled)
+
+        def masked(label: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
+            return tf.where(keep, label, tf.constant(-1, label.dtype))
+
+        def read(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            image, label = self.read(index)
+            return image, masked(label, tf.gather(labelled_t, index))
+
+        fetch_records, decode_record = self.fetch, self.decode
+        fetch = decode = None
+        if fetch_records is not None:  # the mask travels with the records: decode sees no index
+
+            def fetch(indices):
+                return (*fetch_records(indices), tf.gather(labelled_t, indices))
+
+            def decode(*record):
+                image, label = decode_record(*record[:-1])
+                return image, masked(label, record[-1])
+
+        return dataclasses.replace(
+            self,
+            name=name,
+            reader=read,
+            fetch=fetch,
+            decode=decode,
+            labels=None if self.labels is None else np.where(labelled, self.labels, -1),
+        )
+
 
 def batched_reader(fetch: Fetcher, decode: RecordDecoder) -> Reader:
     """`read` for a Source that fetches in batches: a batch of one index."""
