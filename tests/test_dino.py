@@ -17,21 +17,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import method_checks as mc
+from numpy_reference import log_softmax, softmax
 from ssl_jax import losses, optim, parallel
 
 # Jitted once per shape: one compilation instead of one per operation in eager mode.
 dino = jax.jit(losses.dino, static_argnames=("student_temperature", "teacher_temperature"))
 center_update = jax.jit(losses.dino_center_update, static_argnames="momentum")
-
-
-def softmax(x):
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def log_softmax(x):
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def dino_reference(student, teacher, center, student_temp, teacher_temp):

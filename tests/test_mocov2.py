@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import method_checks as mc
+from numpy_reference import cross_entropy
 from ssl_jax import losses
 from ssl_jax.checkpoint import load_encoder
 from ssl_jax.errors import UserError
@@ -26,20 +27,13 @@ def l2n(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def cross_entropy(logits, labels):
-    """Mean over rows of -log softmax(logits)[label], float64."""
-    logits = logits - logits.max(axis=1, keepdims=True)
-    log_probs = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
-    return -np.mean(log_probs[np.arange(len(logits)), labels])
-
-
 def info_nce_queue_numpy(q, k, queue, t):
     """MoCo Algorithm 1: logits [q.k, q @ queue.T] / t, the positive at index 0."""
     q, k = l2n(q), l2n(k)
     positive = np.sum(q * k, axis=1, keepdims=True)  # [N, 1]
     negatives = q @ np.asarray(queue, np.float64).T  # [N, K]
     logits = np.concatenate([positive, negatives], axis=1) / t
-    return cross_entropy(logits, np.zeros(len(q), int))
+    return cross_entropy(logits, np.zeros(len(q), int)).mean()
 
 
 # ------------------------------------------------------------------------ the loss function

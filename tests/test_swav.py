@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import method_checks as mc
+from numpy_reference import log_softmax
 from ssl_jax import losses, methods, parallel
 from ssl_jax.errors import UserError
 from ssl_jax.methods import StepInputs
@@ -40,11 +41,6 @@ def sinkhorn_reference(scores, iterations, epsilon):
         q /= batch
     q *= batch
     return q.T
-
-
-def log_softmax(x):
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def swav_reference(global_scores, local_scores, temperature, iterations, epsilon,

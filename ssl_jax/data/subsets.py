@@ -86,22 +86,28 @@ def save_subset(path: str, ids: np.ndarray, **facts) -> None:
     fileio.write_text(path, json.dumps(record))  # whole: a kill never leaves half of one
 
 
-def load_subset(path: str, **expected) -> np.ndarray:
-    """The ids saved at `path`; every fact in `expected` must match what was saved."""
+def read_subset(path: str) -> tuple[np.ndarray, dict]:
+    """(the ids saved at `path`, the facts saved with them)."""
     try:
         record = json.loads(fileio.read_text(path))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read the labelled subset {path} ({e}); delete it to draw "
                         "it again") from None  # fmt: skip
+    ids = np.asarray(record["ids"], np.int64)
+    if ids.size != record.get("num_ids"):
+        raise UserError(f"{path} is damaged ({ids.size} ids, {record.get('num_ids')} declared)")
+    return ids, record
+
+
+def load_subset(path: str, **expected) -> np.ndarray:
+    """The ids saved at `path`; every fact in `expected` must match what was saved."""
+    ids, record = read_subset(path)
     for key, value in expected.items():
         if record.get(key) != value:
             raise UserError(
                 f"{path} was drawn with {key}={record.get(key)!r}, this run has {value!r}: "
                 "use another workdir, or delete the file to draw the subset again"
             )
-    ids = np.asarray(record["ids"], np.int64)
-    if ids.size != record.get("num_ids"):
-        raise UserError(f"{path} is damaged ({ids.size} ids, {record.get('num_ids')} declared)")
     return ids
 
 
