@@ -7,7 +7,9 @@ pretraining run; `knn`, `frozen_features`, `augmented` and `fewshot_<n>shot` (th
 draws) of an evaluation run (configs/linear_eval.py, configs/fewshot.py); `finetune` and
 `distill` of a classifier's run (configs/finetune.py, configs/distill.py). The last two kinds
 also name the encoder they started from (method, backbone, pretraining epochs). `<name>_top5`
-fills the top-5 column when present; `<name>_labels` or `label_fraction` the labels column.
+fills the top-5 column when present; `<name>_labels` or `label_fraction` the labels column
+(a distilled student: the labels its teacher was fine-tuned on); `<name>_top1_std` (few-shot:
+over the draws) follows the top-1 as "± std".
 
 Only the standard library: the report runs without jax or TensorFlow, in well under a second.
 """
@@ -84,13 +86,17 @@ def rows_of(workdir: str) -> list[dict]:
     # the encoder they started from; a pretraining run describes itself.
     evaluation = results.get("task") == "evaluate" or "pretrain_epochs" in results
     fraction = results.get("label_fraction", 1.0)
+    labels = f"{100 * fraction:g}%" if isinstance(fraction, (int, float)) else str(fraction)
+    teacher_fraction = results.get("teacher_label_fraction")
+    if isinstance(teacher_fraction, (int, float)):  # the student learns from the teacher's labels
+        labels = f"{100 * teacher_fraction:g}% (teacher's)"
     common = {
         "workdir": os.path.basename(os.path.normpath(workdir)),  # gs://b/run too: "run"
         "method": results.get("method") or config.get("method", "n/a"),
         "backbone": results.get("backbone") or backbone,
         "dataset": config.get("dataset", "n/a"),
         "epochs": results.get("pretrain_epochs") if evaluation else _last_epoch(workdir),
-        "labels": f"{100 * fraction:g}%" if isinstance(fraction, (int, float)) else str(fraction),
+        "labels": labels,
         "train_seconds": results.get("train_seconds", results.get("eval_seconds")),
     }
     rows = []
@@ -110,6 +116,7 @@ def rows_of(workdir: str) -> list[dict]:
                 "encoder": "random init" if prefix else results.get("encoder", "trained"),
                 "protocol": shown,
                 "top1": results[key],
+                "top1_std": results.get(f"{prefix}{protocol}_top1_std"),
                 "top5": results.get(f"{prefix}{protocol}_top5"),
                 "labels": results.get(f"{protocol}_labels", common["labels"]),
             }
@@ -125,8 +132,11 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         epochs = "n/a" if r["epochs"] is None else f"{r['epochs']:.2f}"
+        top1 = _percent(r["top1"])
+        if r.get("top1_std") is not None:
+            top1 += f" ± {100 * r['top1_std']:.1f}"
         cells = (r["workdir"], r["method"], r["backbone"], r["dataset"], epochs, r["encoder"],
-                 r["protocol"], r["labels"], _percent(r["top1"]),
+                 r["protocol"], r["labels"], top1,
                  _percent(r["top5"]), _duration(r["train_seconds"]))  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -323,7 +323,8 @@ def finish(run: Run, state: TrainState, writer: MetricsWriter, train_seconds: fl
     if method.has_classifier:  # exported too, so the classifier can teach (distillation)
         head = {"params": jax.device_get(state.params["head"])}
         spec["classifier"] = {"num_classes": run.train_source.num_classes,
-                              "top1": results.get(f"{method.result_name}_top1")}  # fmt: skip
+                              "top1": results.get(f"{method.result_name}_top1"),
+                              "label_fraction": results.get("label_fraction")}  # fmt: skip
         if projector is not None:  # the linear layer reads that layer (finetune_from)
             spec["classifier"]["finetune_from"] = checkpoint.PROJECTOR_LAYER
     variables = jax.device_get(run.encoder_variables(state))

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import method_checks as mc
+from numpy_reference import cross_entropy, softmax
 from ssl_jax import checkpoint, data, losses, parallel
 from ssl_jax.data import subsets
 from ssl_jax.data.sources.base import from_arrays
@@ -24,10 +25,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def distillation_numpy(student, teacher, tau):
-    def softmax(x):
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
     return -np.mean(np.sum(softmax(teacher / tau) * np.log(softmax(student / tau)), axis=1))
 
 
@@ -55,7 +52,11 @@ def teacher(tmp_path_factory):
     rng = np.random.default_rng(1)
     head = {"params": {"kernel": rng.normal(size=(64, 10)).astype(np.float32),
                        "bias": np.zeros(10, np.float32)}}  # fmt: skip
-    spec = {**spec, "method": "supervised", "classifier": {"num_classes": 10, "top1": 0.25}}
+    spec = {
+        **spec,
+        "method": "supervised",
+        "classifier": {"num_classes": 10, "top1": 0.25, "label_fraction": 0.1},
+    }
     checkpoint.export_encoder(path, spec=spec, variables=variables, head=head)
     return os.path.dirname(path)  # the run's workdir: its export/ is found
 
@@ -83,12 +84,6 @@ def test_the_teacher_is_loaded_frozen_and_in_inference_mode(teacher):
     np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-4)
 
 
-def cross_entropy_numpy(logits, labels):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return -log_probs[np.arange(len(labels)), labels]
-
-
 def test_the_labelled_loss_weighs_cross_entropy_on_the_labelled_examples_only(teacher):
     weight = 0.25
     mesh, training, state, step = mc.setup(
@@ -107,7 +102,7 @@ def test_the_labelled_loss_weighs_cross_entropy_on_the_labelled_examples_only(te
     teacher_logits = np.asarray(apply_fn(variables, batch["views"][0]))
     distill = distillation_numpy(student, teacher_logits, 1.0)
     labelled = labels >= 0
-    supervised = cross_entropy_numpy(student[labelled], labels[labelled]).mean()
+    supervised = cross_entropy(student[labelled], labels[labelled]).mean()
     np.testing.assert_allclose(metrics["distill_loss"], distill, rtol=1e-4)
     np.testing.assert_allclose(metrics["labelled_loss"], supervised, rtol=1e-4)
     np.testing.assert_allclose(metrics["labelled_share"], labelled.mean(), rtol=1e-6)
@@ -148,12 +143,13 @@ def test_distillation_through_the_command_line(teacher, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "distill top-1" in result.stdout
     results = json.load(open(tmp_path / "results.json"))
-    assert (results["protocol"], results["teacher"], results["teacher_top1"]) == (
-        "distill", teacher, 0.25)  # fmt: skip
+    assert (results["protocol"], results["teacher"], results["teacher_top1"],
+            results["teacher_label_fraction"]) == ("distill", teacher, 0.25, 0.1)  # fmt: skip
     assert 0 <= results["distill_top1"] <= results["distill_top5"] <= 1
     # The student is itself a classifier: it can teach the next student.
     _, _, spec = checkpoint.load_classifier(str(tmp_path))
-    assert spec["classifier"] == {"num_classes": 10, "top1": results["distill_top1"]}
+    assert spec["classifier"] == {"num_classes": 10, "top1": results["distill_top1"],
+                                  "label_fraction": 1.0}  # fmt: skip
 
 
 def test_a_teacher_without_a_classifier_is_a_one_line_error(tmp_path):

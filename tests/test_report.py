@@ -65,7 +65,7 @@ def test_fine_tuning_and_distillation_rows_name_the_encoder_they_started_from(tm
              "train_seconds": 202.0, "eval_seconds": 5.0}  # fmt: skip
     scratch = {**tuned, "method": "supervised", "encoder": "random init", "pretrain_epochs": 0}
     student = {**tuned, "method": "distill", "encoder": "student", "label_fraction": 1.0,
-               "teacher_top1": 0.36}  # fmt: skip
+               "teacher_top1": 0.36, "teacher_label_fraction": 0.1}  # fmt: skip
     student["distill_top1"] = student.pop("finetune_top1")
     v2 = {**tuned, "finetune_from": "projector_layer_1"}  # SimCLR v2's fine-tuning
     runs = (("ft", tuned), ("sup", scratch), ("dist", student), ("v2", v2))
@@ -77,8 +77,8 @@ def test_fine_tuning_and_distillation_rows_name_the_encoder_they_started_from(tm
         "| 3m22s |",
         "| sup | supervised | resnet18 x0.125 | demo | 0.00 | random init | finetune | 10% | 36.0 "
         "| 86.0 | 3m22s |",
-        "| dist | distill | resnet18 x0.125 | demo | 6.41 | student | distill | 100% | 36.0 | n/a "
-        "| 3m22s |",
+        "| dist | distill | resnet18 x0.125 | demo | 6.41 | student | distill | 10% (teacher's) "
+        "| 36.0 | n/a | 3m22s |",
         "| v2 | simclr | resnet18 x0.125 | demo | 6.41 | trained | finetune from projector_layer_1 "
         "| 10% | 36.0 | 86.0 | 3m22s |",
     ]
@@ -86,7 +86,8 @@ def test_fine_tuning_and_distillation_rows_name_the_encoder_they_started_from(tm
 
 def test_evaluation_workdir_names_the_encoder_it_evaluated(tmp_path):
     """An evaluation run (configs/linear_eval.py, fewshot.py): method, backbone and epochs come
-    from the encoder it evaluated; few-shot rows say how many labels; per-l2 dicts are no rows."""
+    from the encoder it evaluated; few-shot rows say how many labels and the spread over the
+    draws; per-l2 dicts are no rows."""
     results = {"task": "evaluate", "encoder": "random init", "method": "simclr",
                "backbone": "resnet18 x0.125", "pretrain_epochs": 6.41, "label_fraction": 1.0,
                "frozen_features_top1": 0.4, "frozen_features_top5": 0.9,
@@ -98,7 +99,7 @@ def test_evaluation_workdir_names_the_encoder_it_evaluated(tmp_path):
     lines = report.markdown(rows).splitlines()[2:]
     assert lines == [
         "| ev | simclr | resnet18 x0.125 | demo | 6.41 | random init | fewshot_5shot | 5/class "
-        "| 20.0 | n/a | 1m01s |",
+        "| 20.0 ± 1.0 | n/a | 1m01s |",
         "| ev | simclr | resnet18 x0.125 | demo | 6.41 | random init | frozen_features | 100% "
         "| 40.0 | 90.0 | 1m01s |",
     ]

@@ -97,7 +97,8 @@ class Distill(Supervised):
             labelled = labels >= 0
             count = jnp.sum(labelled)
             cross_entropy = optax.softmax_cross_entropy_with_integer_labels(
-                student_logits, jnp.where(labelled, labels, 0))
+                student_logits, jnp.where(labelled, labels, 0)
+            )
             # Mean over the batch's labelled examples (none: no labelled term this step).
             labelled_loss = jnp.sum(jnp.where(labelled, cross_entropy, 0.0)) / jnp.maximum(count, 1)
             metrics.update(distill_loss=loss, labelled_loss=labelled_loss,
@@ -109,6 +110,7 @@ class Distill(Supervised):
         classifier = self.teacher_spec()["classifier"]
         return {**super().extra_results(), "method": "distill", "encoder": "student",
                 "teacher": self.config.teacher, "teacher_top1": classifier.get("top1"),
+                "teacher_label_fraction": classifier.get("label_fraction"),
                 "distill_label_weight": self.label_weight}  # fmt: skip
 
 
@@ -138,16 +140,18 @@ def teacher_labelled_ids(teacher: str, source) -> np.ndarray | None:
     workdir = fileio.parent(export)
     subset_path = fileio.join(workdir, subsets.TRAIN_SUBSET_FILE)
     if fileio.exists(subset_path):
-        record = json.loads(fileio.read_text(subset_path))
-        if (record.get("split_examples"), record.get("source")) != (source.num_examples,
-                                                                     source.name):
+        ids, record = subsets.read_subset(subset_path)
+        if (record.get("split_examples"), record.get("source")) != (
+            source.num_examples,
+            source.name,
+        ):
             raise UserError(
                 f"the teacher was fine-tuned on {record.get('num_ids')} examples of "
                 f"{record.get('source')} ({record.get('split_examples')} images), this run "
                 f"trains on {source.name} ({source.num_examples}): distil on the teacher's "
                 "dataset, or set --config.distill_label_weight=0"
             )
-        return subsets.load_subset(subset_path)
+        return ids
     config_path = fileio.join(workdir, "config.json")
     teacher_config = json.loads(fileio.read_text(config_path)) if fileio.exists(config_path) else {}
     if teacher_config.get("label_fraction") == 1.0 and not teacher_config.get("label_subset_file"):
