@@ -16,9 +16,9 @@ skipped and one that was interrupted resumes, so rerunning the same command fini
 At the end `python -m ssl_jax.report` of every workdir is printed and written to --output
 (default benchmarks/results/protocols_cifar10_<platform>.md), with the commands that were run.
 
-CPU budget (2 cores: 28 minutes, measured 2026-12-03): the defaults below. On an accelerator give the papers'
-budgets, e.g. --pretrain_epochs 1000 --width 1 --finetune_epochs 60,30,30
---finetune_batch 256,256,256.
+CPU budget (2 cores: 28 minutes, measured 2026-12-03): the defaults below. On an accelerator
+give the papers' budgets, e.g. --pretrain_steps 0 --pretrain_epochs 1000 --width 1
+--finetune_epochs 60,30,30 --finetune_batch 256,256,256.
 """
 
 import argparse
