@@ -49,10 +49,11 @@ def stages(args, data: str, workdir: str) -> list[tuple[str, list[str]]]:
                       f"--workdir={os.path.join(workdir, name)}", dataset, *overrides]  # fmt: skip
 
     model = [f"--config.model.name={args.backbone}", f"--config.model.width={args.width}"]
-    pretrain_budget = ([f"--config.total_steps={args.pretrain_steps}"] if args.pretrain_steps
-                       else [f"--config.num_epochs={args.pretrain_epochs}"])  # fmt: skip
     # A smoke run of the whole table: every trained stage stops after --max_steps steps.
     cap = [f"--config.total_steps={args.max_steps}"] if args.max_steps else []
+    pretrain_budget = cap or (
+        [f"--config.total_steps={args.pretrain_steps}"] if args.pretrain_steps
+        else [f"--config.num_epochs={args.pretrain_epochs}"])  # fmt: skip
     out = [
         run(
             "simclr",
@@ -64,15 +65,13 @@ def stages(args, data: str, workdir: str) -> list[tuple[str, list[str]]]:
             f"--config.warmup_epochs={args.warmup_epochs}",
             "--config.eval_random_init=False",
             "--config.save_pictures=False",
-            *cap,
-        ),  # fmt: skip
+        ),
     ]
-    augmented = [f"--config.augmented.num_epochs={args.augmented_epochs}"] + (
-        [f"--config.augmented.total_steps={args.max_steps}"] if args.max_steps else [])  # fmt: skip
-    for name, encoder in (("", f"--config.pretrained={pretrained}"),
-                          ("_random", "--config.random_init=True")):  # fmt: skip
-        # The random-init baseline needs the architecture: it reads it from the same export.
-        base = [f"--config.pretrained={pretrained}"] + ([encoder] if name else [])
+    augmented = [f"--config.augmented.num_epochs={args.augmented_epochs}"]
+    augmented += [flag.replace("--config.", "--config.augmented.") for flag in cap]
+    # The random-init baseline needs the architecture: it reads it from the same export.
+    for name, baseline in (("", []), ("_random", ["--config.random_init=True"])):
+        base = [f"--config.pretrained={pretrained}", *baseline]
         out.append(run(f"linear{name}", "linear_eval.py:cifar10", *base, *augmented))
         out.append(run(f"fewshot{name}", "fewshot.py:cifar10", *base))
     for fraction, epochs, batch in zip(LABEL_FRACTIONS, args.finetune_epochs,

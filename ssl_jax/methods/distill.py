@@ -141,10 +141,8 @@ def teacher_labelled_ids(teacher: str, source) -> np.ndarray | None:
     subset_path = fileio.join(workdir, subsets.TRAIN_SUBSET_FILE)
     if fileio.exists(subset_path):
         ids, record = subsets.read_subset(subset_path)
-        if (record.get("split_examples"), record.get("source")) != (
-            source.num_examples,
-            source.name,
-        ):
+        this_split = (source.num_examples, source.name)
+        if (record.get("split_examples"), record.get("source")) != this_split:
             raise UserError(
                 f"the teacher was fine-tuned on {record.get('num_ids')} examples of "
                 f"{record.get('source')} ({record.get('split_examples')} images), this run "
