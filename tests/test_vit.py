@@ -538,17 +538,20 @@ def test_vit_presets_have_the_papers_recipes():
     assert (r.model.name, r.optimizer, r.base_lr, r.temperature) == ("resnet50", "lars", 0.6, 1.0)
     assert not r.predictor.last_bn and not r.model.frozen_patch_embedding
 
-    # DINO: ViT-S/16's student drop-path 0.1 (main_dino.py); the demo on a ViT-Ti/4 at 32 px
-    # with 16 px local crops, the ViT recipe's optimiser.
+    # DINO: ViT-S/16's student drop-path 0.1 (main_dino.py); the demo on a ViT-Ti/8 at 32 px
+    # with 16 px local crops and BN in the head (what made it learn), the ViT recipe's
+    # optimiser; runlocal_vit keeps the recipe's head and drop-path on 4 px patches.
     assert dino.get_config("imagenet").model.drop_path_rate == 0.1
     assert dino.get_config("demo").model.drop_path_rate == 0.0  # ResNet-18 x0.125, as before
     d = dino.get_config("demo_vit")
-    assert (d.model.name, d.model.width, d.model.patch_size) == ("vit_t16", 1.0, 4)
+    assert (d.model.name, d.model.width, d.model.patch_size) == ("vit_t16", 1.0, 8)
     assert d.image_size == 32
-    assert (d.model.drop_path_rate, d.optimizer, d.weight_decay_end) == (0.1, "adamw", 0.4)
-    assert d.num_local_views == 2 and d.augment.local.size == 16 and not d.head.use_bn
+    assert (d.model.drop_path_rate, d.optimizer, d.weight_decay_end) == (0.0, "adamw", 0.4)
+    assert d.num_local_views == 2 and d.augment.local.size == 16 and d.head.use_bn
     net = models.build_backbone(d)
-    assert (net.width, net.depth, net.patch_size, net.drop_path_rate) == (192, 12, 4, 0.1)
+    assert (net.width, net.depth, net.patch_size, net.drop_path_rate) == (192, 12, 8, 0.0)
+    r = dino.get_config("runlocal_vit")
+    assert (r.model.patch_size, r.model.drop_path_rate, r.head.use_bn) == (4, 0.1, False)
     small = mocov3.get_config("runlocal_vit")
     assert (small.model.name, small.image_size, small.model.patch_size) == ("vit_t16", 16, 4)
 
