@@ -94,7 +94,8 @@ def vit_recipe(config: ml_collections.ConfigDict, preset: str) -> None:
         config.num_epochs = 300
         config.warmup_epochs = 40.0
     elif preset == "demo":
-        # Ours, untuned (no demo kNN measured yet): a ViT-Ti/4 step costs 2 CPU cores several
+        # Ours, untuned (2026-12-03: kNN 0.336 vs random init 0.312, linear 0.454 vs 0.430, in
+        # 13 min 20 s of training): a ViT-Ti/4 step costs 2 CPU cores several
         # times a ResNet-18 x0.125's, so half the demo batch (300 steps, ~2 epochs); the
         # warm-up the paper's share of the run (40 of 300 epochs); 10x the paper's lr, since
         # 1.5e-4 x 64/256 would barely move AdamW's weights in 300 steps.
