@@ -106,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # did not learn (kNN 0.295 = random init's, bottleneck rank ~8); with the ResNet demo's
         # 64 prototypes, constant teacher momentum and no drop-path at lr 0.001 it still did not
         # (0.298; bottleneck std 0.027 of an isotropic 0.125). What worked: BN in the head
-        # (main_dino.py --use_bn_in_head) and 8 px patches (set below, after finish_preset):
+        # (main_dino.py --use_bn_in_head) and 8 px patches:
         # a 4 x 4 grid makes a step ~3x cheaper, so twice the batch and 6 epochs in ~16 min.
         # Worse: harder global crops (0.14-1) with 6 local crops (0.299 = random init's), and
         # twice this lr (0.270).
@@ -115,6 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.warmup_epochs = 0.2
         config.param_groups.last_layer.frozen_epochs = 0.2
         config.base_lr = 0.004  # x 128/256: lr 0.002, 8x the paper's for a run this short
+        config.model.patch_size = 8  # 4 x 4 patches at 32 px, 2 x 2 on the 16 px local crops
         config.model.drop_path_rate = 0.0
         config.head.use_bn = True
         config.head.out_dim = 64
@@ -142,7 +143,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_local_views = 8 if preset == "imagenet" else 0
     if variant == "vit":  # multi-crop, as the recipe, at a cost 2 CPU cores can carry
         config.num_local_views = 2
-    config = config_base.finish_preset(config, preset, variant)
-    if preset == "demo" and variant == "vit":
-        config.model.patch_size = 8  # 4 x 4 patches at 32 px, 2 x 2 on the 16 px local crops
-    return config
+    return config_base.finish_preset(config, preset, variant)

@@ -174,8 +174,8 @@ def finish_preset(
     config: ml_collections.ConfigDict, preset: str, variant: str = ""
 ) -> ml_collections.ConfigDict:
     """The preset-independent parts of `cifar10`, `demo` and `runlocal` (method values aside);
-    with `variant` "vit", the small presets train a ViT-Tiny with 4 px patches instead of the
-    ResNet-18 x0.125 (an 8 x 8 grid of patches at 32 px, 4 x 4 at 16 px)."""
+    with `variant` "vit", the small presets train a ViT-Tiny with 4 px patches (an 8 x 8 grid at
+    32 px, 4 x 4 at 16 px; or the patch the method's config set) instead of the ResNet-18 x0.125."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: use {', '.join(PRESETS)}")
     if variant and variant not in VARIANTS:
@@ -210,10 +210,11 @@ def finish_preset(
         config.save_pictures = False  # 15 s of t-SNE and drawing; python -m ssl_jax.visualize
     if variant == "vit" and preset in ("demo", "runlocal"):
         # The smallest named ViT (DeiT's Ti) with the 4 px patches that solo-learn's CIFAR ViTs
-        # use (scripts/pretrain/cifar/mae.yaml: patch 4 at 32 px).
+        # use (scripts/pretrain/cifar/mae.yaml: patch 4 at 32 px), unless the method's config
+        # chose a patch.
         config.model.name = "vit_t16"
         config.model.width = 1.0
-        config.model.patch_size = 4
+        config.model.patch_size = config.model.patch_size or 4
     if "local" in config.augment:  # multi-crop's CIFAR analogue: 2 x 32 px + N x 16 px
         config.augment.local.size = config.image_size // 2
     small_image_views(config)
